@@ -1,0 +1,34 @@
+# make demo   set up .venv and run CycleQD on the embedded default
+# make test   set up .venv (with dev extras) and run the tests
+# make bench  operator and evaluation throughput tables
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+export WANDB_MODE ?= disabled
+
+.PHONY: demo test test-all bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
+	$(PIP) install --quiet -c constraints.txt torch==2.13.0
+	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/cycleqd run experiment=demo
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+test-all: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/operators.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,96 @@
+"""The ``cycleqd`` command.
+
+    cycleqd run [hydra overrides]      run CycleQD (``-m`` for a multirun sweep)
+    cycleqd resume RUN_DIR             continue a run from its checkpoint
+    cycleqd show RUN_DIR               print a run's summary as a table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def _hydra_run() -> None:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import DictConfig
+
+    @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+    def app(cfg: DictConfig) -> None:
+        from cycleqd.runner import run
+
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        summary = run(cfg, run_dir)
+        print(format_summary(summary))
+        print(f"\nrun directory: {run_dir}")
+
+    app()
+
+
+def format_summary(summary: dict) -> str:
+    """The run's scores (held-out test split) as a plain-text table."""
+    tasks = summary["tasks"]
+    rows = [(f"expert: {n}", s) for n, s in summary["experts"].items()]
+    rows += [(f"baseline: {n}", s) for n, s in summary["baselines"].items()]
+    rows.append(("cycleqd (final)", summary["final"]))
+    width = max(len(r[0]) for r in rows) + 2
+    head = "model".ljust(width) + "".join(t[:10].rjust(11) for t in tasks) + "mean".rjust(9)
+    lines = [head, "-" * len(head)]
+    for name, s in rows:
+        mean = sum(s[t] for t in tasks) / len(tasks)
+        lines.append(name.ljust(width) + "".join(f"{100 * s[t]:11.1f}" for t in tasks) + f"{100 * mean:9.1f}")
+    lines.append("")
+    lines.append(f"generations {summary['generations']}, evaluations {summary['evaluations']}, wall time {summary['wall_time_s']:.0f}s")
+    lines.append("archive".ljust(width) + "coverage".rjust(11) + "qd_score".rjust(11) + "best".rjust(9) + "elites".rjust(9))
+    for t, a in summary["archives"].items():
+        lines.append(t.ljust(width) + f"{a['coverage']:11.3f}{a['qd_score']:11.2f}{100 * a['best']:9.1f}{a['num_elites']:9d}")
+    return "\n".join(lines)
+
+
+def _show(run_dir: str) -> None:
+    path = Path(run_dir) / "summary.json"
+    if not path.is_file():
+        raise SystemExit(f"cycleqd show: {run_dir!r} has no summary.json (not a finished run directory)")
+    print(format_summary(json.loads(path.read_text())))
+
+
+def _resume(run_dir: str) -> None:
+    from omegaconf import OmegaConf
+
+    from cycleqd.runner import run
+
+    cfg_path = Path(run_dir) / ".hydra" / "config.yaml"
+    if not cfg_path.is_file():
+        raise SystemExit(f"cycleqd resume: {run_dir!r} has no .hydra/config.yaml (not a run directory)")
+    cfg = OmegaConf.load(cfg_path)
+    summary = run(cfg, Path(run_dir), resume=True)
+    print(format_summary(summary))
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    os.environ.setdefault("WANDB_SILENT", "true")
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "run":
+        sys.argv = [sys.argv[0], *rest]
+        _hydra_run()
+    elif cmd in ("show", "resume"):
+        parser = argparse.ArgumentParser(prog=f"cycleqd {cmd}")
+        parser.add_argument("run_dir")
+        args = parser.parse_args(rest)
+        (_show if cmd == "show" else _resume)(args.run_dir)
+    else:
+        raise SystemExit(f"cycleqd: unknown command {cmd!r} (run, resume, show)")
+
+
+if __name__ == "__main__":
+    main()
