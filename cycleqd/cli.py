@@ -1,7 +1,7 @@
 """The ``cycleqd`` command.
 
     cycleqd run [hydra overrides]      run CycleQD (``-m`` for a multirun sweep)
-    cycleqd resume RUN_DIR             continue a run from its checkpoint
+    cycleqd resume RUN_DIR [key=value] continue a run from its checkpoint (e.g. generations=600)
     cycleqd show RUN_DIR               print a run's summary as a table
 """
 
@@ -60,15 +60,20 @@ def _show(run_dir: str) -> None:
     print(format_summary(json.loads(path.read_text())))
 
 
-def _resume(run_dir: str) -> None:
+def _resume(run_dir: str, overrides: list[str]) -> None:
     from omegaconf import OmegaConf
 
     from cycleqd.runner import run
+    from cycleqd.store import write_atomic
 
     cfg_path = Path(run_dir) / ".hydra" / "config.yaml"
     if not cfg_path.is_file():
         raise SystemExit(f"cycleqd resume: {run_dir!r} has no .hydra/config.yaml (not a run directory)")
     cfg = OmegaConf.load(cfg_path)
+    if overrides:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+        # The resolved config of the continued run replaces the old one.
+        write_atomic(cfg_path, OmegaConf.to_yaml(cfg))
     summary = run(cfg, Path(run_dir), resume=True)
     print(format_summary(summary))
 
@@ -83,11 +88,16 @@ def main(argv: list[str] | None = None) -> None:
     if cmd == "run":
         sys.argv = [sys.argv[0], *rest]
         _hydra_run()
-    elif cmd in ("show", "resume"):
-        parser = argparse.ArgumentParser(prog=f"cycleqd {cmd}")
+    elif cmd == "show":
+        parser = argparse.ArgumentParser(prog="cycleqd show")
         parser.add_argument("run_dir")
+        _show(parser.parse_args(rest).run_dir)
+    elif cmd == "resume":
+        parser = argparse.ArgumentParser(prog="cycleqd resume")
+        parser.add_argument("run_dir")
+        parser.add_argument("overrides", nargs="*", help="key=value changes, e.g. generations=600")
         args = parser.parse_args(rest)
-        (_show if cmd == "show" else _resume)(args.run_dir)
+        _resume(args.run_dir, args.overrides)
     else:
         raise SystemExit(f"cycleqd: unknown command {cmd!r} (run, resume, show)")
 

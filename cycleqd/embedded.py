@@ -119,7 +119,7 @@ def train(model, tokenizer, pairs: list[tuple[str, str]], cfg: Training, params,
         sched.step()
         opt.zero_grad(set_to_none=True)
     model.eval()
-    return float(loss)
+    return float(loss.detach())
 
 
 def _mixture(tasks: Sequence, weights: Sequence[float], n: int, seed: int) -> list[tuple[str, str]]:

@@ -36,7 +36,8 @@ def svd_lowrank(delta: LowRank) -> SVD:
     """SVD of ``B @ A`` without forming it: QR(B), QR(Aᵀ), SVD of the r×r core."""
     Qb, Rb = torch.linalg.qr(delta.B.float())
     Qa, Ra = torch.linalg.qr(delta.A.float().T)
-    Uc, S, Vch = torch.linalg.svd(Rb @ Ra.T)
+    # Thin SVD: when r exceeds a side of the matrix the core is not square.
+    Uc, S, Vch = torch.linalg.svd(Rb @ Ra.T, full_matrices=False)
     return SVD(Qb @ Uc, S, Vch @ Qa.T)
 
 

@@ -179,6 +179,22 @@ class Run:
             chosen["task_arithmetic"] = {"scale": best, "opt_mean": {s: _mean(v) for s, v in opt.items()}}
         return out, chosen
 
+    def final_model(self) -> tuple[TaskVector, dict[str, Any]]:
+        """The aggregated model: each archive's best elite merged, its overall scale chosen on the opt split.
+
+        Normalised merge weights shrink each skill's task vector to about 1/K of its
+        elite's; the task-arithmetic baseline chooses its λ on the opt split, and the
+        final model gets the same freedom (``final.scales: [1.0]`` is the plain merge).
+        """
+        merged, info = aggregate_best(self.qd.archives, self.store, self.cfg.final.method)
+        scales = list(self.cfg.final.scales) or [1.0]
+        opt = {s: self.evaluate(merged.scale(s), "opt") for s in scales} if len(scales) > 1 else {scales[0]: None}
+        best = scales[0] if len(scales) == 1 else max(scales, key=lambda s: (_mean(opt[s]), -abs(s - 1.0)))
+        info["scale"] = best
+        if len(scales) > 1:
+            info["opt_mean"] = {s: _mean(v) for s, v in opt.items()}
+        return merged.scale(best), info
+
     def heatmaps(self) -> dict[str, Path]:
         import matplotlib
 
@@ -252,7 +268,7 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     r.evolve(t_start, elapsed_before)
     r.checkpoint(elapsed_before + time.perf_counter() - t_start)
 
-    final_tv, final_info = aggregate_best(r.qd.archives, r.store, cfg.final.method)
+    final_tv, final_info = r.final_model()
     summary = {
         "tasks": r.names,
         "generations": r.qd.generation,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,14 @@ def concat_lowrank(terms: Sequence[LowRank]) -> LowRank:
 
 def as_dense(delta: Delta) -> torch.Tensor:
     return delta.dense() if isinstance(delta, LowRank) else delta
+
+
+def _pattern_key(patterns: Mapping[str, object], module: str) -> str | None:
+    """The key of peft's ``rank_pattern``/``alpha_pattern`` that applies to ``module`` (peft's regex rule)."""
+    for key in patterns:
+        if re.match(rf"(.*\.)?({key})$", module):
+            return key
+    return None
 
 
 class TaskVector(Mapping[str, Delta]):
@@ -135,8 +144,8 @@ class TaskVector(Mapping[str, Delta]):
             b = weights[key.replace("lora_A", "lora_B")]
             name = module.removeprefix("base_model.model.") + ".weight"
             short = module.removeprefix("base_model.model.")
-            mr = next((v for k, v in ranks.items() if short.endswith(k)), r)
-            ma = next((v for k, v in alphas.items() if short.endswith(k)), alpha)
+            mr = ranks[k] if (k := _pattern_key(ranks, short)) else r
+            ma = alphas[k] if (k := _pattern_key(alphas, short)) else alpha
             out[name] = LowRank(b.float() * (ma / mr), a.float())
         if not out:
             raise ValueError(f"{adapter_dir}: adapter holds no lora_A/lora_B weights")

@@ -98,11 +98,16 @@ class SyntheticTask:
         held_out = {p for items in self.splits().values() for p, _ in items}
         rng = random.Random(f"{self.name}:{seed}:train")
         out: list[tuple[str, str]] = []
-        while len(out) < n:
+        for _ in range(1000 * max(n, 1)):
+            if len(out) == n:
+                return out
             prompt, answer = self.sample(rng)
             if prompt not in held_out:
                 out.append((prompt, answer))
-        return out
+        raise ValueError(
+            f"task {self.name!r}: could only draw {len(out)} of {n} training examples outside the "
+            f"evaluation splits; the splits hold too much of the prompt space (lower n_opt/n_test)"
+        )
 
     # -- scoring ----------------------------------------------------------------
     def score(self, output: str, answer: str) -> float:

@@ -1,0 +1,3 @@
+import os
+
+os.environ["WANDB_MODE"] = "disabled"

@@ -1,0 +1,38 @@
+"""A tiny embedded setup (seconds to build) shared by the end-to-end tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from cycleqd.cli import CONF_DIR
+
+TASKS = ("addition", "reversal", "sorting")
+
+
+def tiny_overrides(cache: Path, generations: int = 4) -> list[str]:
+    out = [
+        f"model.cache_dir={cache}",
+        "model.shape.hidden_size=32",
+        "model.shape.intermediate_size=64",
+        "model.shape.num_hidden_layers=2",
+        "model.shape.num_attention_heads=2",
+        "model.pretrain.steps=40",
+        "model.pretrain_examples=3000",
+        "experts.examples=600",
+        "experts.recipe.training.steps=15",
+        f"generations={generations}",
+        "checkpoint_every=2",
+        "quiet=true",
+        "threads=1",
+        "baselines.task_arithmetic.scales=[0.5,1.0]",
+    ]
+    for t in TASKS:
+        out += [f"task.{t}.n_opt=24", f"task.{t}.n_test=24"]
+    return out
+
+
+def compose_tiny(cache: Path, *extra: str, generations: int = 4):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("config", overrides=tiny_overrides(cache, generations) + list(extra))
