@@ -3,6 +3,7 @@
     cycleqd run [hydra overrides]      run CycleQD (``-m`` for a multirun sweep)
     cycleqd resume RUN_DIR [key=value] continue a run from its checkpoint (e.g. generations=600)
     cycleqd show RUN_DIR               print a run's summary as a table
+    cycleqd compare SWEEP_DIR          one table across a sweep's runs (also written as compare.csv)
 """
 
 from __future__ import annotations
@@ -60,6 +61,19 @@ def _show(run_dir: str) -> None:
     print(format_summary(json.loads(path.read_text())))
 
 
+def _compare(sweep_dir: str, csv_path: str | None) -> None:
+    from cycleqd.compare import compare, format_table, write_csv
+
+    try:
+        header, rows = compare(sweep_dir)
+    except FileNotFoundError as e:
+        raise SystemExit(f"cycleqd compare: {e}")
+    print(format_table(header, rows))
+    out = Path(csv_path) if csv_path else Path(sweep_dir) / "compare.csv"
+    write_csv(out, header, rows)
+    print(f"\nwritten: {out}")
+
+
 def _resume(run_dir: str, overrides: list[str]) -> None:
     from omegaconf import OmegaConf
 
@@ -98,8 +112,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument("overrides", nargs="*", help="key=value changes, e.g. generations=600")
         args = parser.parse_args(rest)
         _resume(args.run_dir, args.overrides)
+    elif cmd == "compare":
+        parser = argparse.ArgumentParser(prog="cycleqd compare")
+        parser.add_argument("sweep_dir")
+        parser.add_argument("--csv", default=None, help="where to write the CSV (default SWEEP_DIR/compare.csv)")
+        args = parser.parse_args(rest)
+        _compare(args.sweep_dir, args.csv)
     else:
-        raise SystemExit(f"cycleqd: unknown command {cmd!r} (run, resume, show)")
+        raise SystemExit(f"cycleqd: unknown command {cmd!r} (run, resume, show, compare)")
 
 
 if __name__ == "__main__":

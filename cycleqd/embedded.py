@@ -143,8 +143,9 @@ class EmbeddedRecipe:
 
 
 def _task_key(task) -> dict:
-    # Everything but the evaluation split sizes changes the training data.
-    d = {k: v for k, v in vars(task).items() if not k.startswith("_") and k not in ("n_opt", "n_test")}
+    # The descriptor axis does not change the training data; everything else can
+    # (training examples exclude the evaluation splits' prompts, so their sizes count).
+    d = {k: v for k, v in vars(task).items() if not k.startswith("_") and k != "measure"}
     return {"class": type(task).__qualname__, **d}
 
 

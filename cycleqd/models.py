@@ -9,6 +9,10 @@ from typing import Sequence
 
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+from transformers.utils import logging as hf_logging
+
+# Per-shard progress bars on every load of a candidate drown the run's own progress.
+hf_logging.disable_progress_bar()
 
 SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}
 

@@ -23,6 +23,7 @@ from cycleqd.mutation import expert_svds
 from cycleqd.select import aggregate_best, task_arithmetic
 from cycleqd.store import EliteStore, write_atomic
 from cycleqd.taskvector import TaskVector
+from cycleqd.validate import validate
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class Run:
 
     def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
+        validate(cfg)
         torch.manual_seed(cfg.seed)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -205,7 +207,10 @@ class Run:
         out = {}
         for task, archive in self.qd.archives.archives.items():
             fig, ax = plt.subplots(figsize=(5, 4))
-            grid_archive_heatmap(archive, ax=ax, vmin=0.0, vmax=1.0, cmap="viridis")
+            if archive.measure_dim == 1 and len(archive) == 1:
+                _heatmap_1d_single(archive, ax)  # pyribs 0.12 fails on a 1-D archive holding one elite
+            else:
+                grid_archive_heatmap(archive, ax=ax, vmin=0.0, vmax=1.0, cmap="viridis")
             d = self.qd.archives.descriptors(task)
             ax.set_xlabel(f"{d[0]} score")
             if len(d) > 1:
@@ -238,6 +243,17 @@ class Run:
                     )
                 )
         write_atomic(self.run_dir / "elites" / "table.csv", "\n".join(rows) + "\n")
+
+
+def _heatmap_1d_single(archive, ax) -> None:
+    import numpy as np
+
+    values = np.full((1, archive.cells), np.nan)
+    data = archive.data()
+    values[0, int(archive.int_to_grid_index(data["index"])[0][0])] = data["objective"][0]
+    mesh = ax.pcolormesh(archive.boundaries[0], [0, 1], values, cmap="viridis", vmin=0.0, vmax=1.0)
+    ax.set_yticks([])
+    ax.figure.colorbar(mesh, ax=ax)
 
 
 def _mean(scores: Mapping[str, float]) -> float:

@@ -11,7 +11,7 @@ from cycleqd.cli import CONF_DIR
 TASKS = ("addition", "reversal", "sorting")
 
 
-def tiny_overrides(cache: Path, generations: int = 4) -> list[str]:
+def tiny_overrides(cache: Path, generations: int = 4, tasks: tuple[str, ...] = TASKS) -> list[str]:
     out = [
         f"model.cache_dir={cache}",
         "model.shape.hidden_size=32",
@@ -28,7 +28,7 @@ def tiny_overrides(cache: Path, generations: int = 4) -> list[str]:
         "threads=1",
         "baselines.task_arithmetic.scales=[0.5,1.0]",
     ]
-    for t in TASKS:
+    for t in tasks:
         out += [f"task.{t}.n_opt=24", f"task.{t}.n_test=24"]
     return out
 

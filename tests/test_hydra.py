@@ -1,0 +1,179 @@
+"""Hydra: every config composes and instantiates, bad values fail before compute,
+task plugins from outside the package, sweeps + compare, wandb offline."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from cycleqd.cli import CONF_DIR
+from cycleqd.runner import Run, build_tasks
+from cycleqd.validate import ConfigError
+from tests.tiny import compose_tiny, tiny_overrides
+
+REPO = Path(__file__).resolve().parent.parent
+GROUPS = {g: sorted(p.stem for p in (Path(CONF_DIR) / g).glob("*.yaml")) for g in ("crossover", "mutation", "evaluator", "logger", "experiment")}
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
+def test_every_option_composes_and_instantiates(group: str, option: str):
+    cfg = _compose(f"{group}={option}")
+    if group != "experiment":
+        obj = instantiate(cfg[group], _convert_="all")
+        assert obj is not None
+    tasks = build_tasks(cfg)
+    assert [t.name for t in tasks] == list(cfg.task)
+
+
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("generations=0", "generations"),
+        ("children_per_generation=-1", "children_per_generation"),
+        ("task.addition.measure.bins=0", "task.addition.measure.bins"),
+        ("task.reversal.measure.low=1.5", "task.reversal.measure: empty range"),
+        ("archive.alpha=[0.0,0.5]", "archive.alpha"),
+    ],
+)
+def test_bad_values_fail_before_compute(tmp_path: Path, override: str, needle: str):
+    cfg = compose_tiny(tmp_path / "cache", override)
+    with pytest.raises(ConfigError, match=needle.replace("[", r"\[")):
+        Run(cfg, tmp_path / "run")
+    assert not (tmp_path / "cache").exists()  # nothing was built
+
+
+def test_a_single_task_is_rejected(tmp_path: Path):
+    cfg = _compose("task=[addition]", f"model.cache_dir={tmp_path / 'cache'}")
+    with pytest.raises(ConfigError, match="at least 2 tasks"):
+        Run(cfg, tmp_path / "run")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_missing_model_and_expert_paths_are_named(tmp_path: Path):
+    cfg = _compose("model=hf", f"model.path={tmp_path / 'nope'}", "experts=paths")
+    with pytest.raises(ConfigError, match="model.path"):
+        Run(cfg, tmp_path / "run")
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "config.json").write_text('{"model_type": "llama", "hidden_size": 8}')
+    (tmp_path / "e1").mkdir()
+    (tmp_path / "e1" / "config.json").write_text('{"model_type": "llama", "hidden_size": 16}')
+    paths = f"+experts.paths={{addition: {tmp_path / 'e1'}, reversal: {tmp_path / 'missing'}, sorting: {tmp_path / 'e1'}}}"
+    cfg = _compose("model=hf", f"model.path={tmp_path / 'base'}", "experts=paths", paths.replace("+", "", 1))
+    with pytest.raises(ConfigError, match="experts.paths.addition: hidden_size=16"):
+        Run(cfg, tmp_path / "run")
+
+
+def test_lora_experts_with_different_targets_are_rejected(tmp_path: Path):
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "config.json").write_text("{}")
+    dirs = {}
+    for t, mods in (("addition", ["q_proj"]), ("reversal", ["q_proj"]), ("sorting", ["v_proj"])):
+        d = tmp_path / t
+        d.mkdir()
+        (d / "adapter_config.json").write_text(f'{{"target_modules": {mods!r}}}'.replace("'", '"'))
+        dirs[t] = d
+    paths = "experts.paths={" + ", ".join(f"{t}: {d}" for t, d in dirs.items()) + "}"
+    cfg = _compose("model=hf", f"model.path={tmp_path / 'base'}", "experts=paths", "experts.format=lora", paths)
+    with pytest.raises(ConfigError, match="target different modules"):
+        Run(cfg, tmp_path / "run")
+
+
+def _cli(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "cycleqd.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+PLUGIN = '''
+import random
+from dataclasses import dataclass
+
+from tasks.base import SyntheticTask
+
+
+@dataclass
+class Duplicate(SyntheticTask):
+    """Write each digit twice: "381#" -> "338811"."""
+
+    name: str = "duplicate"
+    length: int = 3
+
+    def sample(self, rng: random.Random) -> tuple[str, str]:
+        s = "".join(rng.choice("0123456789") for _ in range(self.length))
+        return s + "#", "".join(c + c for c in s)
+
+    @property
+    def max_new_tokens(self) -> int:
+        return 2 * self.length + 1
+'''
+
+
+def test_task_plugin_from_outside_the_package(tmp_path: Path):
+    plugin = tmp_path / "plugin"
+    (plugin / "conf" / "task").mkdir(parents=True)
+    (plugin / "my_tasks.py").write_text(PLUGIN)
+    (plugin / "conf" / "task" / "duplicate.yaml").write_text(
+        textwrap.dedent(
+            """\
+            duplicate:
+              _target_: my_tasks.Duplicate
+              name: duplicate
+              length: 3
+              n_opt: 24
+              n_test: 24
+              measure: {low: 0.0, high: 1.0, bins: 10}
+            """
+        )
+    )
+    run_dir = tmp_path / "run"
+    overrides = tiny_overrides(tmp_path / "cache", generations=3, tasks=("addition", "duplicate"))
+    _cli(
+        "run",
+        *overrides,
+        "task=[addition,duplicate]",
+        f"hydra.searchpath=[file://{plugin / 'conf'}]",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+        env={"PYTHONPATH": os.pathsep.join([str(plugin), str(REPO)])},
+    )
+    import json
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["tasks"] == ["addition", "duplicate"] and summary["generations"] == 3
+    assert (run_dir / "heatmaps" / "duplicate.png").is_file()
+
+
+def test_sweep_and_compare(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    _cli("run", "-m", *tiny_overrides(tmp_path / "cache", generations=2), "seed=0,1", f"hydra.sweep.dir={sweep}")
+    jobs = sorted(p.name for p in sweep.iterdir() if (p / "summary.json").is_file())
+    assert jobs == ["0", "1"]
+    out = _cli("compare", str(sweep)).stdout
+    assert "seed" in out.splitlines()[0] and "final_mean" in out
+    with (sweep / "compare.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["seed"] for r in rows] == ["0", "1"]
+    assert all(0.0 <= float(r["final_mean"]) <= 1.0 for r in rows)
+
+
+def test_wandb_offline_writes_the_run(tmp_path: Path):
+    run_dir = tmp_path / "run"
+    _cli("run", *tiny_overrides(tmp_path / "cache", generations=2), "logger=wandb", f"hydra.run.dir={run_dir}", env={"WANDB_MODE": "offline"})
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert list(runs[0].glob("*.wandb")), "wandb wrote no run file"
+    assert (run_dir / "metrics.jsonl").read_text().count("\n") == 2
