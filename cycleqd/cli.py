@@ -25,7 +25,12 @@ def _hydra_run() -> None:
     @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
     def app(cfg: DictConfig) -> None:
         from cycleqd.runner import run
+        from cycleqd.validate import validate
 
+        if cfg.dry_run:
+            validate(cfg)
+            print(f"config valid: {len(cfg.task)} tasks {list(cfg.task)}, {cfg.generations} generations, model {cfg.model.kind}")
+            return
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         summary = run(cfg, run_dir)
         print(format_summary(summary))

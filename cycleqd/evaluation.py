@@ -4,8 +4,7 @@ task plugins score it through the :class:`~tasks.base.TextModel` interface only.
 from __future__ import annotations
 
 import contextlib
-import time
-from typing import Iterator, Mapping, Protocol, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import torch
 

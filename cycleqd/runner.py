@@ -35,12 +35,18 @@ def build_tasks(cfg: DictConfig) -> list:
 
 
 def locate_models(cfg: DictConfig, tasks: list) -> tuple[Path, dict[str, Path], str]:
-    """Base model directory, expert directory per task, and the experts' format (full | lora)."""
-    if cfg.model.kind == "embedded":
-        from cycleqd.embedded import EmbeddedRecipe, ensure_embedded
+    """Base model directory, expert directory per task, and the experts' format (full | lora).
 
-        if cfg.experts.kind != "embedded":
-            raise ValueError("model.kind=embedded needs experts built from it (experts=embedded_full or embedded_lora)")
+    ``experts.kind: train`` fine-tunes (once, cached) one expert per task from the base;
+    ``experts.kind: paths`` takes them from disk.
+    """
+    from cycleqd.embedded import EmbeddedRecipe, cache_root, ensure_embedded, ensure_experts
+
+    root = Path(cfg.model.cache_dir) if cfg.model.get("cache_dir") else cache_root()
+    trained = cfg.experts.kind == "train"
+    if cfg.model.kind == "embedded":
+        if not trained:
+            raise ValueError("model.kind=embedded needs experts trained from it (experts=embedded_full or embedded_lora)")
         weights = cfg.model.pretrain_weights or {}
         recipe = EmbeddedRecipe(
             model=instantiate(cfg.model.shape),
@@ -50,11 +56,18 @@ def locate_models(cfg: DictConfig, tasks: list) -> tuple[Path, dict[str, Path], 
             expert=instantiate(cfg.experts.recipe, _convert_="all"),
             expert_examples=cfg.experts.examples,
         )
-        built = ensure_embedded(recipe, tasks, cfg.model.cache_dir)
+        built = ensure_embedded(recipe, tasks, root)
         return built.base, built.experts, recipe.expert.kind
-    base = Path(cfg.model.path)
-    paths = {t.name: Path(cfg.experts.paths[t.name]) for t in tasks}
-    return base, paths, cfg.experts.format
+    if cfg.model.kind == "smollm2":
+        from cycleqd.smollm2 import ensure_smollm2
+
+        base, base_key = ensure_smollm2(root)
+    else:
+        base, base_key = Path(cfg.model.path), str(Path(cfg.model.path).resolve())
+    if trained:
+        expert = instantiate(cfg.experts.recipe, _convert_="all")
+        return base, ensure_experts(base, base_key, expert, cfg.experts.examples, tasks, root), expert.kind
+    return base, {t.name: Path(cfg.experts.paths[t.name]) for t in tasks}, cfg.experts.format
 
 
 def expert_vectors(base_model, paths: Mapping[str, Path], fmt: str) -> dict[str, TaskVector]:

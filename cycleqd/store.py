@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from cycleqd.taskvector import TaskVector
 
@@ -27,6 +28,29 @@ def write_atomic(path: str | Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def build_atomically(target: Path, build: Callable[[Path], dict]) -> Path:
+    """Reuse ``target`` if complete, else run ``build(tmp_dir)`` and rename the result to ``target``.
+
+    ``build`` returns metadata, written last as ``recipe.json``: its presence marks a
+    complete entry, so an interrupted build never passes for a finished one.
+    """
+    if (target / "recipe.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
+    try:
+        meta = build(tmp)
+        (tmp / "recipe.json").write_text(json.dumps(meta, indent=2, default=str))
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished the same build first
+            if not (target / "recipe.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 @dataclass(frozen=True)

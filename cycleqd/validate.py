@@ -36,6 +36,8 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"task.{name}.measure.bins must be a positive integer, got {bins!r}")
         if not low < high:
             raise ConfigError(f"task.{name}.measure: empty range, low={low!r} is not below high={high!r}")
+        if t.get("path") is not None and not Path(str(t.path)).is_file():
+            raise ConfigError(f"task.{name}.path: {str(t.path)!r} does not exist")
     lo, hi = cfg.archive.alpha
     if not 0 < lo <= hi:
         raise ConfigError(f"archive.alpha must satisfy 0 < low <= high, got {[lo, hi]}")

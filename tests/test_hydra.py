@@ -4,6 +4,7 @@ task plugins from outside the package, sweeps + compare, wandb offline."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -150,8 +151,6 @@ def test_task_plugin_from_outside_the_package(tmp_path: Path):
         cwd=tmp_path,
         env={"PYTHONPATH": os.pathsep.join([str(plugin), str(REPO)])},
     )
-    import json
-
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["tasks"] == ["addition", "duplicate"] and summary["generations"] == 3
     assert (run_dir / "heatmaps" / "duplicate.png").is_file()
@@ -177,3 +176,33 @@ def test_wandb_offline_writes_the_run(tmp_path: Path):
     assert len(runs) == 1
     assert list(runs[0].glob("*.wandb")), "wandb wrote no run file"
     assert (run_dir / "metrics.jsonl").read_text().count("\n") == 2
+
+
+def test_paper_config_composes_and_validates(tmp_path: Path):
+    """The paper's GPU setup composes here and its dry run checks paths and shapes."""
+    llama = {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "vocab_size": 128256}
+    for d in ("base", "coding", "os", "db"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "config.json").write_text(json.dumps(llama))
+    data = tmp_path / "data"
+    data.mkdir()
+    for f in ("mbpp_plus.jsonl", "agentbench_os.jsonl", "agentbench_db.jsonl"):
+        (data / f).write_text("")
+    overrides = [
+        "experiment=paper_llama3_8b",
+        f"model.path={tmp_path / 'base'}",
+        *[f"experts.paths.{t}={tmp_path / t}" for t in ("coding", "os", "db")],
+        *[f"task.{t}.path={data / f}" for t, f in (("coding", "mbpp_plus.jsonl"), ("os", "agentbench_os.jsonl"), ("db", "agentbench_db.jsonl"))],
+    ]
+    cfg = _compose(*overrides)
+    assert cfg.generations == 1200 and list(cfg.task) == ["coding", "os", "db"]
+    assert cfg.task.coding.measure.high == 0.75 and cfg.task.os.measure.bins == 15
+    assert cfg.mutation.scale == 0.1 and cfg.crossover.sigma == 0.01
+    out = _cli("run", *overrides, "dry_run=true", f"hydra.run.dir={tmp_path / 'run'}").stdout
+    assert "config valid" in out
+    bad = dict(llama, hidden_size=2048)
+    (tmp_path / "os" / "config.json").write_text(json.dumps(bad))
+    with pytest.raises(ConfigError, match="experts.paths.os: hidden_size=2048"):
+        from cycleqd.validate import validate
+
+        validate(_compose(*overrides))

@@ -1,0 +1,64 @@
+"""JSONL tasks: exact match and Python assert-tests scoring, bad files named."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tasks.jsonl import JsonlTask
+
+
+class Canned:
+    """A TextModel that answers from a dict."""
+
+    def __init__(self, answers: dict[str, str]) -> None:
+        self.answers = answers
+
+    def generate(self, prompts, *, max_new_tokens, stop=()):
+        return [self.answers[p] for p in prompts]
+
+
+def _write(path: Path, items: list[dict]) -> Path:
+    path.write_text("\n".join(json.dumps(i) for i in items) + "\n")
+    return path
+
+
+def test_exact_match_per_split(tmp_path: Path):
+    f = _write(tmp_path / "t.jsonl", [
+        {"split": "opt", "prompt": "a", "answer": "1"},
+        {"split": "opt", "prompt": "b", "answer": "2"},
+        {"split": "test", "prompt": "c", "answer": "3"},
+    ])
+    task = JsonlTask(name="t", path=str(f))
+    model = Canned({"a": "1", "b": "x", "c": " 3 "})
+    assert task.evaluate(model, "opt") == 0.5
+    assert task.evaluate(model, "test") == 1.0
+
+
+def test_python_tests_run_the_generated_code(tmp_path: Path):
+    tests = "assert add(2, 3) == 5\nassert add(-1, 1) == 0"
+    f = _write(tmp_path / "code.jsonl", [
+        {"split": "opt", "prompt": "right", "tests": tests},
+        {"split": "opt", "prompt": "wrong", "tests": tests},
+        {"split": "opt", "prompt": "loops", "tests": tests},
+    ])
+    task = JsonlTask(name="coding", path=str(f), scorer="python_tests", timeout_s=2)
+    model = Canned({
+        "right": "def add(a, b):\n    return a + b",
+        "wrong": "def add(a, b):\n    return a - b",
+        "loops": "def add(a, b):\n    while True: pass",
+    })
+    assert task.evaluate(model, "opt") == pytest.approx(1 / 3)
+
+
+def test_bad_lines_and_empty_splits_are_named(tmp_path: Path):
+    f = _write(tmp_path / "bad.jsonl", [{"split": "opt", "prompt": "a"}])
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: .*missing \['answer'\]"):
+        JsonlTask(name="t", path=str(f)).split("opt")
+    f = _write(tmp_path / "only_opt.jsonl", [{"split": "opt", "prompt": "a", "answer": "1"}])
+    with pytest.raises(ValueError, match="no items with split 'test'"):
+        JsonlTask(name="t", path=str(f)).split("test")
+    with pytest.raises(ValueError, match="scorer"):
+        JsonlTask(name="t", path=str(f), scorer="bleu")
