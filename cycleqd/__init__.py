@@ -9,6 +9,7 @@ from cycleqd.archives import CyclicArchives
 from cycleqd.crossover import MergeCrossover
 from cycleqd.evolve import Candidate, CycleQD
 from cycleqd.mutation import GaussianMutation, SVDMutation
+from cycleqd.rundata import RunData, load_run
 from cycleqd.store import EliteStore
 from cycleqd.taskvector import LowRank, TaskVector, linear_combination
 
@@ -20,7 +21,9 @@ __all__ = [
     "GaussianMutation",
     "LowRank",
     "MergeCrossover",
+    "RunData",
     "SVDMutation",
     "TaskVector",
     "linear_combination",
+    "load_run",
 ]

@@ -4,6 +4,8 @@
     cycleqd resume RUN_DIR [key=value] continue a run from its checkpoint (e.g. generations=600)
     cycleqd show RUN_DIR               print a run's summary as a table
     cycleqd compare SWEEP_DIR          one table across a sweep's runs (also written as compare.csv)
+    cycleqd select RUN_DIR --strategy best|pareto|topk|final|cell
+    cycleqd export RUN_DIR --elite ID|best:TASK|final --format hf|peft --out DIR [--rank R]
 """
 
 from __future__ import annotations
@@ -79,6 +81,21 @@ def _compare(sweep_dir: str, csv_path: str | None) -> None:
     print(f"\nwritten: {out}")
 
 
+def _select(args) -> None:
+    from cycleqd.rundata import load_run
+    from cycleqd.select import select_elites
+
+    try:
+        run = load_run(args.run_dir)
+        cell = tuple(int(c) for c in args.cell.split(",")) if args.cell else None
+        table = select_elites(run, args.strategy, k=args.k, archive=args.archive, cell=cell)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"cycleqd select: {e}")
+    cols = ["id", "archive", "cell", *[f"score_{t}" for t in run.tasks], "mean_score", "generation"]
+    cols += [c for c in ("chosen_for", "weight") if c in table.columns]
+    print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
 def _resume(run_dir: str, overrides: list[str]) -> None:
     from omegaconf import OmegaConf
 
@@ -123,8 +140,32 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument("--csv", default=None, help="where to write the CSV (default SWEEP_DIR/compare.csv)")
         args = parser.parse_args(rest)
         _compare(args.sweep_dir, args.csv)
+    elif cmd == "select":
+        parser = argparse.ArgumentParser(prog="cycleqd select")
+        parser.add_argument("run_dir")
+        parser.add_argument("--strategy", default="best", help="best | pareto | topk | final | cell")
+        parser.add_argument("--k", type=int, default=5, help="how many, for topk")
+        parser.add_argument("--archive", help="archive (task) name, for cell")
+        parser.add_argument("--cell", help="cell indices, e.g. 3,7, for cell")
+        args = parser.parse_args(rest)
+        _select(args)
+    elif cmd == "export":
+        parser = argparse.ArgumentParser(prog="cycleqd export")
+        parser.add_argument("run_dir")
+        parser.add_argument("--elite", required=True, help="an elite id, best:<task> or final")
+        parser.add_argument("--format", default="hf", choices=["hf", "peft"])
+        parser.add_argument("--out", required=True)
+        parser.add_argument("--rank", type=int, default=None, help="LoRA rank for full-weight elites (peft)")
+        args = parser.parse_args(rest)
+        from cycleqd.export import export
+
+        try:
+            out = export(args.run_dir, args.elite, args.format, args.out, args.rank)
+        except (ValueError, FileNotFoundError, FileExistsError) as e:
+            raise SystemExit(f"cycleqd export: {e}")
+        print(f"written: {out}")
     else:
-        raise SystemExit(f"cycleqd: unknown command {cmd!r} (run, resume, show, compare)")
+        raise SystemExit(f"cycleqd: unknown command {cmd!r} (run, resume, show, compare, select, export)")
 
 
 if __name__ == "__main__":

@@ -206,3 +206,10 @@ def test_paper_config_composes_and_validates(tmp_path: Path):
         from cycleqd.validate import validate
 
         validate(_compose(*overrides))
+
+
+def test_unknown_task_is_named():
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException, match="nope"):
+        _compose("task=[addition,nope]")
