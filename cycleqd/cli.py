@@ -6,6 +6,8 @@
     cycleqd compare SWEEP_DIR          one table across a sweep's runs (also written as compare.csv)
     cycleqd select RUN_DIR --strategy best|pareto|topk|final|cell
     cycleqd export RUN_DIR --elite ID|best:TASK|final --format hf|peft --out DIR [--rank R]
+    cycleqd evaluate MODEL_DIR [task=[a,b] ...]   score a saved model on tasks (test split)
+    cycleqd baselines [overrides]      the experts and their static merges alone, no evolution
 """
 
 from __future__ import annotations
@@ -96,6 +98,44 @@ def _select(args) -> None:
     print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
+def _baselines(overrides: list[str]) -> None:
+    import tempfile
+
+    from hydra import compose, initialize_config_dir
+
+    from cycleqd.runner import Run
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    with tempfile.TemporaryDirectory() as tmp:
+        r = Run(cfg, Path(tmp))
+        baselines, chosen = r.baselines()
+        experts = {t: r.evaluate(tv, "test") for t, tv in r.experts.items()}
+    tasks = r.names
+    width = max(len(n) for n in [*experts, *baselines]) + 12
+    print("model".ljust(width) + "".join(t[:10].rjust(11) for t in tasks) + "mean".rjust(9) + "  chosen on opt")
+    for kind, table in (("expert", experts), ("baseline", baselines)):
+        for name, s in table.items():
+            mean = sum(s.values()) / len(s)
+            pick = chosen.get(name, {}) if kind == "baseline" else {}
+            note = ", ".join(f"{k}={v}" for k, v in pick.items() if k in ("scale", "density", "gamma") and v is not None)
+            print(f"{kind}: {name}".ljust(width) + "".join(f"{100 * s[t]:11.1f}" for t in tasks) + f"{100 * mean:9.1f}  {note}")
+
+
+def _evaluate(model_dir: str, overrides: list[str], split: str) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from cycleqd.evaluation import evaluate_model
+    from cycleqd.runner import build_tasks
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    scores = evaluate_model(model_dir, build_tasks(cfg), split, batch_size=cfg.eval_batch_size)
+    for task, score in scores.items():
+        print(f"{task:20s}{100 * score:8.1f}")
+    print(json.dumps(scores))
+
+
 def _resume(run_dir: str, overrides: list[str]) -> None:
     from omegaconf import OmegaConf
 
@@ -164,8 +204,17 @@ def main(argv: list[str] | None = None) -> None:
         except (ValueError, FileNotFoundError, FileExistsError) as e:
             raise SystemExit(f"cycleqd export: {e}")
         print(f"written: {out}")
+    elif cmd == "baselines":
+        _baselines(rest)
+    elif cmd == "evaluate":
+        parser = argparse.ArgumentParser(prog="cycleqd evaluate")
+        parser.add_argument("model_dir")
+        parser.add_argument("overrides", nargs="*", help="Hydra overrides choosing the tasks, e.g. task=[addition,sorting]")
+        parser.add_argument("--split", default="test", choices=["opt", "test"])
+        args = parser.parse_args(rest)
+        _evaluate(args.model_dir, args.overrides, args.split)
     else:
-        raise SystemExit(f"cycleqd: unknown command {cmd!r} (run, resume, show, compare, select, export)")
+        raise SystemExit(f"cycleqd: unknown command {cmd!r} (run, resume, show, compare, select, export, evaluate)")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -61,3 +61,24 @@ class MergeCrossover:
 
     def __call__(self, parents: Sequence[TaskVector], gen: torch.Generator) -> TaskVector:
         return linear_combination(parents, self.weights(parents, gen))
+
+
+@dataclass(frozen=True)
+class MethodCrossover:
+    """Crossover by a static merge method (ties, dare, breadcrumbs, slerp, linear) with the
+    paper's sampled weights: ``w_i ~ N(1 + mu, sigma)``, normalised, one per parent.
+
+    Args:
+        merge: A :class:`cycleqd.merging.Merge` (method and its parameters).
+        mu: Mean offset of the weights.
+        sigma: Standard deviation of the weights.
+    """
+
+    merge: Any
+    mu: float = 0.0
+    sigma: float = 0.01
+
+    def __call__(self, parents: Sequence[TaskVector], gen: torch.Generator) -> TaskVector:
+        w = 1 + self.mu + self.sigma * torch.randn(len(parents), generator=gen, dtype=torch.float64)
+        w = (w / w.sum()).tolist()
+        return self.merge(parents, w, gen)

@@ -76,3 +76,11 @@ def evaluate_vector(
     evaluator = evaluator or LocalEvaluator()
     with resident.applied(tv):
         return evaluator(text_model, tasks, split)
+
+
+def evaluate_model(model_dir, tasks: Sequence[Task], split: str = "test", *, batch_size: int = 256, device=None) -> dict[str, float]:
+    """Scores of a saved transformers model (an exported elite, say) on ``tasks``, new ones included."""
+    from cycleqd.models import HFTextModel, load_model
+
+    model, tokenizer = load_model(model_dir, device)
+    return LocalEvaluator()(HFTextModel(model, tokenizer, batch_size=batch_size), tasks, split)

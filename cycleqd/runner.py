@@ -20,7 +20,7 @@ from cycleqd.evaluation import ResidentModel
 from cycleqd.evolve import CycleQD
 from cycleqd.models import HFTextModel, default_device, load_model
 from cycleqd.mutation import expert_svds
-from cycleqd.select import aggregate_best, task_arithmetic
+from cycleqd.select import aggregate_best
 from cycleqd.store import EliteStore, write_atomic
 from cycleqd.taskvector import TaskVector
 from cycleqd.validate import validate
@@ -183,15 +183,36 @@ class Run:
         tmp.replace(path)
 
     def baselines(self) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
-        """Static merges of the experts, parameter chosen on the opt split, reported on test."""
+        """Static merges of the experts: each configured method's parameters are chosen on
+        the opt split from its grid (``scales`` × ``density`` × ``gamma``), and the chosen
+        merge is reported on the test split."""
+        import itertools
+
+        from cycleqd.merging import Merge
+
         out, chosen = {}, {}
-        scales = list(self.cfg.baselines.task_arithmetic.scales)
-        if scales:
-            experts = [self.experts[t] for t in self.names]
-            opt = {s: self.evaluate(task_arithmetic(experts, s), "opt") for s in scales}
-            best = max(scales, key=lambda s: (sum(opt[s].values()), -abs(s - 0.5)))
-            out["task_arithmetic"] = self.evaluate(task_arithmetic(experts, best), "test")
-            chosen["task_arithmetic"] = {"scale": best, "opt_mean": {s: _mean(v) for s, v in opt.items()}}
+        experts = [self.experts[t] for t in self.names]
+        for name, spec in (self.cfg.baselines or {}).items():
+            method = spec.get("method", "linear")
+            scales = list(spec.get("scales") or [])
+            if not scales or (method == "slerp" and len(experts) != 2):
+                continue
+            grid = list(itertools.product(scales, list(spec.get("density") or [0.5]), list(spec.get("gamma") or [0.01])))
+            merges = {}
+            for lam, density, gamma in grid:
+                merge = Merge(method, density=density, gamma=gamma)
+                gen = torch.Generator().manual_seed(self.cfg.seed)
+                merges[(lam, density, gamma)] = merge(experts, [lam] * len(experts), gen)
+            opt = {k: self.evaluate(tv, "opt") for k, tv in merges.items()}
+            best = max(grid, key=lambda k: (_mean(opt[k]), -abs(k[0] - 0.5)))
+            out[name] = self.evaluate(merges[best], "test")
+            chosen[name] = {
+                "method": method,
+                "scale": best[0],
+                "density": best[1] if method != "linear" else None,
+                "gamma": best[2] if method == "breadcrumbs" else None,
+                "opt_mean": {str(k): _mean(v) for k, v in opt.items()},
+            }
         return out, chosen
 
     def final_model(self) -> tuple[TaskVector, dict[str, Any]]:

@@ -31,8 +31,10 @@ def test_run_directory_contract(cli_run: Path):
     assert set(summary["experts"]) == set(TASKS)
     for scores in summary["experts"].values():
         _score_map(scores)
-    assert "task_arithmetic" in summary["baselines"]
-    _score_map(summary["baselines"]["task_arithmetic"])
+    assert set(summary["baselines"]) == {"task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs"}
+    for scores in summary["baselines"].values():
+        _score_map(scores)
+    assert summary["baseline_choices"]["task_arithmetic"]["scale"] in (0.5, 1.0)
     _score_map(summary["final"])
     assert set(summary["archives"]) == set(TASKS)
     for a in summary["archives"].values():

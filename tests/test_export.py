@@ -142,3 +142,17 @@ def test_export_errors_name_the_problem(cli_run: Path, tmp_path: Path):
     with pytest.raises(FileExistsError):
         export(cli_run, "final", "hf", tmp_path / "full")
     assert (tmp_path / "full" / "f").read_text() == "keep me"
+
+
+def test_evaluate_command_scores_an_exported_model_on_a_new_task(cli_run: Path, tmp_path: Path):
+    out = export(cli_run, "best:reversal", "hf", tmp_path / "m")
+    overrides = ["task=[reversal,sorting]", "task.reversal.n_opt=24", "task.reversal.n_test=24", "task.sorting.n_opt=24", "task.sorting.n_test=24"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "cycleqd.cli", "evaluate", str(out), *overrides, "--split", "opt"],
+        capture_output=True, text=True, timeout=300, check=True,
+    )
+    scores = json.loads(proc.stdout.strip().splitlines()[-1])
+    run = load_run(cli_run)
+    rows = run.elites[run.elites["archive"] == "reversal"]
+    best = rows.loc[rows["objective"].idxmax()]
+    assert scores["reversal"] == best["score_reversal"] and scores["sorting"] == best["score_sorting"]
