@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import ClassVar, Protocol, Sequence
 
 
 class TextModel(Protocol):
@@ -120,3 +120,25 @@ class SyntheticTask:
             [p for p, _ in items], max_new_tokens=self.max_new_tokens, stop=(self.stop,)
         )
         return sum(self.score(o, a) for o, (_, a) in zip(outputs, items)) / len(items)
+
+
+@dataclass
+class StringTask(SyntheticTask):
+    """A string of ``min_len``..``max_len`` letters of ``alphabet`` followed by ``marker``;
+    the answer is :meth:`transform` of the string."""
+
+    alphabet: str = "abcdefghijklm"
+    min_len: int = 3
+    max_len: int = 7
+    marker: ClassVar[str] = ":"
+
+    def transform(self, s: str) -> str:
+        raise NotImplementedError
+
+    def sample(self, rng: random.Random) -> tuple[str, str]:
+        s = "".join(rng.choice(self.alphabet) for _ in range(rng.randint(self.min_len, self.max_len)))
+        return s + self.marker, self.transform(s)
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.max_len + 1

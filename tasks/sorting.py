@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
+from typing import ClassVar
 
-from tasks.base import SyntheticTask
+from tasks.base import StringTask
 
 
 @dataclass
-class Sorting(SyntheticTask):
+class Sorting(StringTask):
     """Sort a string of ``min_len``..``max_len`` letters drawn from ``alphabet``."""
 
     name: str = "sorting"
     alphabet: str = "nopqrstuvwxyz"
-    min_len: int = 3
-    max_len: int = 7
+    marker: ClassVar[str] = "^"
 
-    def sample(self, rng: random.Random) -> tuple[str, str]:
-        s = "".join(rng.choice(self.alphabet) for _ in range(rng.randint(self.min_len, self.max_len)))
-        return f"{s}^", "".join(sorted(s))
-
-    @property
-    def max_new_tokens(self) -> int:
-        return self.max_len + 1
+    def transform(self, s: str) -> str:
+        return "".join(sorted(s))
