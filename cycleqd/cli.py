@@ -204,6 +204,9 @@ def main(argv: list[str] | None = None) -> None:
         except (ValueError, FileNotFoundError, FileExistsError) as e:
             raise SystemExit(f"cycleqd export: {e}")
         print(f"written: {out}")
+        kept = json.loads((Path(out) / "cycleqd.json").read_text()).get("scores_truncated")
+        if kept:
+            print("scores the rank-%d adapter keeps (opt split): %s" % (args.rank, {t: round(v, 4) for t, v in kept.items()}))
     elif cmd == "baselines":
         _baselines(rest)
     elif cmd == "evaluate":

@@ -150,7 +150,11 @@ def model_card(run: RunData, provenance: dict[str, Any]) -> str:
         f"- base model: `{run.summary.get('base_model')}`",
     ]
     if provenance.get("lora_rank") is not None:
-        lines.append(f"- LoRA rank {provenance['lora_rank']} (truncated SVD)")
+        lines.append(f"- LoRA rank {provenance['lora_rank']} (truncated SVD of a full-weight elite)")
+    kept = provenance.get("scores_truncated") or {}
+    if kept:
+        lines += ["", "| task | score of this rank-r adapter (optimisation split) |", "| --- | --- |"]
+        lines += [f"| {t} | {100 * kept[t]:.1f} |" for t in tasks if t in kept]
     scores = provenance.get("scores") or {}
     if scores:
         lines += ["", "| task | score (optimisation split) |", "| --- | --- |"]
@@ -165,6 +169,21 @@ def model_card(run: RunData, provenance: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _scores(run: RunData, tv: TaskVector) -> dict[str, float]:
+    """Opt-split scores of θ0 + ``tv`` on the run's own tasks."""
+    from omegaconf import OmegaConf
+
+    from cycleqd.evaluation import LocalEvaluator, ResidentModel
+    from cycleqd.models import HFTextModel, load_model
+    from cycleqd.runner import build_tasks
+
+    tasks = build_tasks(OmegaConf.load(run.run_dir / ".hydra" / "config.yaml"))
+    model, tokenizer = load_model(_base_dir(run))
+    resident = ResidentModel(model, list(tv))
+    with resident.applied(tv):
+        return LocalEvaluator()(HFTextModel(model, tokenizer), tasks, "opt")
+
+
 def export(run_dir: str | Path, elite: str, fmt: str, out: str | Path, rank: int | None = None) -> Path:
     """Export ``elite`` of ``run_dir`` to ``out`` as ``fmt`` (``hf`` or ``peft``)."""
     run = load_run(run_dir)
@@ -172,5 +191,9 @@ def export(run_dir: str | Path, elite: str, fmt: str, out: str | Path, rank: int
     if fmt == "hf":
         return export_hf(run, tv, Path(out), provenance)
     if fmt == "peft":
+        if rank is not None:
+            # What the truncation keeps, in scores: θ0 + the rank-r delta on the run's tasks.
+            factors, _ = lora_factors(tv, rank)
+            provenance = {**provenance, "scores_truncated": _scores(run, TaskVector(factors))}
         return export_peft(run, tv, Path(out), provenance, rank)[0]
     raise ValueError(f"--format must be hf or peft, got {fmt!r}")

@@ -121,6 +121,8 @@ def test_peft_export_of_a_full_weight_elite_is_its_truncated_svd(cli_run: Path, 
     out = export(cli_run, str(elite_id), "peft", tmp_path / "peft", rank=2)
     meta = json.loads((out / "cycleqd.json").read_text())
     assert all(0.0 < v <= 1.0 for v in meta["energy_kept"].values())
+    assert set(meta["scores_truncated"]) == set(TASKS)
+    assert "rank-r adapter" in (out / "README.md").read_text()
 
     base_dir = run.summary["base_model"]
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
@@ -156,3 +158,15 @@ def test_evaluate_command_scores_an_exported_model_on_a_new_task(cli_run: Path, 
     rows = run.elites[run.elites["archive"] == "reversal"]
     best = rows.loc[rows["objective"].idxmax()]
     assert scores["reversal"] == best["score_reversal"] and scores["sorting"] == best["score_sorting"]
+
+
+def test_baselines_command_runs_the_static_merges_alone(cache: Path):
+    from tests.tiny import tiny_overrides
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "cycleqd.cli", "baselines", *tiny_overrides(cache)],
+        capture_output=True, text=True, timeout=600, check=True,
+    )
+    for name in ("expert: addition", "baseline: task_arithmetic", "baseline: ties", "baseline: breadcrumbs"):
+        assert name in proc.stdout
+    assert "scale=" in proc.stdout
