@@ -13,6 +13,8 @@ from tasks.base import TextModel
 
 
 class Task(Protocol):
+    """What the loop needs of a task plugin: a name and a deterministic score in [0, 1]."""
+
     name: str
 
     def evaluate(self, model: TextModel, split: str = "opt") -> float: ...
@@ -67,15 +69,6 @@ class LocalEvaluator:
 
     def __call__(self, model: TextModel, tasks: Sequence[Task], split: str) -> dict[str, float]:
         return {t.name: float(t.evaluate(model, split)) for t in tasks}
-
-
-def evaluate_vector(
-    resident: ResidentModel, text_model: TextModel, tv: TaskVector | None, tasks: Sequence[Task], split: str, evaluator=None
-) -> dict[str, float]:
-    """Scores of ``θ0 + tv`` on every task of ``split``."""
-    evaluator = evaluator or LocalEvaluator()
-    with resident.applied(tv):
-        return evaluator(text_model, tasks, split)
 
 
 def evaluate_model(model_dir, tasks: Sequence[Task], split: str = "test", *, batch_size: int = 256, device=None) -> dict[str, float]:

@@ -91,7 +91,6 @@ class HFTextModel:
             ids = tok.encode(s, add_special_tokens=False)
             if len(ids) == 1:
                 eos_ids.append(ids[0])
-        outputs: list[str] = []
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         results: dict[int, str] = {}
         for start in range(0, len(order), self.batch_size):
@@ -111,5 +110,4 @@ class HFTextModel:
                 for s in stop:
                     row = row.split(s, 1)[0]
                 results[i] = row
-        outputs = [results[i] for i in range(len(prompts))]
-        return outputs
+        return [results[i] for i in range(len(prompts))]
