@@ -19,6 +19,14 @@ def _archives(**kw) -> CyclicArchives:
     return CyclicArchives(tasks=kw.pop("tasks", TASKS), **kw)
 
 
+def _seeded(scores: dict[int, dict[str, float]], **kw) -> CyclicArchives:
+    """Archives holding one elite per entry of ``scores`` (id → task scores)."""
+    arch = _archives(**kw)
+    for i, s in scores.items():
+        arch.add(i, s, -1)
+    return arch
+
+
 def _cell(score: float) -> int:
     """Independent oracle of the grid cell of a score on a [0, 1] axis of BINS bins (edge-clipped)."""
     return min(max(int(math.floor(score * BINS)), 0), BINS - 1)
@@ -93,15 +101,13 @@ def test_out_of_range_measures_land_in_edge_cells():
 
 
 def test_sample_parents_distinct_and_consistent():
-    arch = _archives(seed=0)
     scores = {
         0: {"a": 0.1, "b": 0.1, "c": 0.1},
         1: {"a": 0.5, "b": 0.3, "c": 0.9},
         2: {"a": 0.9, "b": 0.6, "c": 0.2},
         3: {"a": 0.3, "b": 0.8, "c": 0.5},
     }
-    for i, s in scores.items():
-        arch.add(i, s, -1)
+    arch = _seeded(scores, seed=0)
     rng = np.random.default_rng(0)
     for _ in range(50):
         picks = arch.sample_parents("a", 2, rng)
@@ -146,7 +152,6 @@ def _elite_probabilities(scores: dict[int, dict[str, float]], task: str, alpha) 
 
 @pytest.mark.parametrize("alpha", [(0.5, 0.8), (0.1, 1.0)])
 def test_elite_sampling_probabilities(alpha):
-    arch = _archives(alpha=alpha)
     scores = {
         0: {"a": 0.10, "b": 0.05, "c": 0.15},
         1: {"a": 0.40, "b": 0.35, "c": 0.95},
@@ -154,8 +159,7 @@ def test_elite_sampling_probabilities(alpha):
         3: {"a": 0.65, "b": 0.85, "c": 0.55},
         4: {"a": 0.95, "b": 0.95, "c": 0.85},
     }
-    for i, s in scores.items():
-        arch.add(i, s, -1)
+    arch = _seeded(scores, alpha=alpha)
     assert set(_rows(arch.archives["a"])) == set(scores)
 
     # the hand cell oracle agrees with pyribs' grid indices
@@ -197,15 +201,13 @@ def test_elite_sampling_constant_columns_count_as_one():
 
 
 def test_uniform_sampling_is_uniform():
-    arch = _archives(sampling="uniform")
     scores = {
         0: {"a": 0.05, "b": 0.05, "c": 0.05},
         1: {"a": 0.95, "b": 0.55, "c": 0.95},
         2: {"a": 0.45, "b": 0.95, "c": 0.35},
         3: {"a": 0.75, "b": 0.25, "c": 0.65},
     }
-    for i, s in scores.items():
-        arch.add(i, s, -1)
+    arch = _seeded(scores, sampling="uniform")
     rng = np.random.default_rng(1)
     draws = 4000
     counts = dict.fromkeys(scores, 0)

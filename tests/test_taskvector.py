@@ -272,12 +272,12 @@ def test_from_peft_rejects_non_adapter_dirs(tmp_path, peft_adapter):
         TaskVector.from_peft(bad)
 
 
-def test_from_peft_rank_and_alpha_patterns(tmp_path):
-    """Per-module rank/alpha overrides give the per-module scale alpha_m / r_m."""
+def _peft_roundtrip(tmp_path, seed: int, **patterns):
+    """A tiny Llama with a saved LoRA adapter: (task vector read back, merged weights, base weights)."""
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
         num_key_value_heads=2,
@@ -286,12 +286,19 @@ def test_from_peft_rank_and_alpha_patterns(tmp_path):
     base = {k: v.detach().clone() for k, v in model.state_dict().items()}
     lora = LoraConfig(
         r=4, lora_alpha=8, target_modules=["q_proj", "up_proj"], lora_dropout=0.0, init_lora_weights=False,
-        rank_pattern={"model.layers.1.self_attn.q_proj": 2}, alpha_pattern={"up_proj": 3},
+        **patterns,
     )
     peft_model = get_peft_model(model, lora)
     peft_model.save_pretrained(tmp_path)
     merged = peft_model.merge_and_unload().state_dict()
-    tv = TaskVector.from_peft(tmp_path)
+    return TaskVector.from_peft(tmp_path), merged, base
+
+
+def test_from_peft_rank_and_alpha_patterns(tmp_path):
+    """Per-module rank/alpha overrides give the per-module scale alpha_m / r_m."""
+    tv, merged, base = _peft_roundtrip(
+        tmp_path, 1, rank_pattern={"model.layers.1.self_attn.q_proj": 2}, alpha_pattern={"up_proj": 3}
+    )
     assert tv["model.layers.1.self_attn.q_proj.weight"].rank == 2
     assert tv["model.layers.0.self_attn.q_proj.weight"].rank == 4
     for name, d in tv.items():
@@ -299,24 +306,7 @@ def test_from_peft_rank_and_alpha_patterns(tmp_path):
 
 
 def test_from_peft_regex_rank_pattern(tmp_path):
-    from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(2)
-    cfg = LlamaConfig(
-        vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=2,
-    )
-    model = LlamaForCausalLM(cfg)
-    base = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    lora = LoraConfig(
-        r=4, lora_alpha=8, target_modules=["q_proj", "up_proj"], lora_dropout=0.0, init_lora_weights=False,
-        rank_pattern={"^model.layers.1.self_attn.q_proj": 2},
-    )
-    peft_model = get_peft_model(model, lora)
-    peft_model.save_pretrained(tmp_path)
-    merged = peft_model.merge_and_unload().state_dict()
-    tv = TaskVector.from_peft(tmp_path)
+    tv, merged, base = _peft_roundtrip(tmp_path, 2, rank_pattern={"^model.layers.1.self_attn.q_proj": 2})
     assert tv["model.layers.1.self_attn.q_proj.weight"].rank == 2  # peft did apply the pattern
     for name, d in tv.items():
         torch.testing.assert_close(d.dense(), merged[name] - base[name], atol=1e-6, rtol=0)
