@@ -13,7 +13,8 @@ from typing import Mapping, Sequence
 import numpy as np
 from ribs.archives import GridArchive
 
-from tasks.base import Measure
+from cycleqd.checks import matches, require
+from cycleqd.protocols import Measure
 
 
 @dataclass(frozen=True)
@@ -53,11 +54,13 @@ class CyclicArchives:
         missing = [t for t in tasks if t not in measures]
         if missing:
             raise ValueError(f"no measure range for tasks {missing}")
-        if sampling not in ("elite", "uniform"):
-            raise ValueError(f"archive.sampling must be 'elite' or 'uniform', got {sampling!r}")
+        require(sampling in ("elite", "uniform"), "sampling", f"must be 'elite' or 'uniform', got {sampling!r}")
+        require(
+            matches(alpha, tuple[float, ...]) and len(alpha) == 2 and 0 < alpha[0] <= alpha[1],
+            "alpha",
+            f"must be [low, high] with 0 < low <= high, got {alpha!r}",
+        )
         lo, hi = alpha
-        if not 0 < lo <= hi:
-            raise ValueError(f"archive.alpha must satisfy 0 < low <= high, got {tuple(alpha)}")
         self.tasks = list(tasks)
         self.measures = dict(measures)
         self.sampling = sampling

@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from cycleqd.store import write_atomic
+from cycleqd.fileio import write_text
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -65,4 +65,4 @@ def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
     w = csv.writer(buf)
     w.writerow(header)
     w.writerows(rows)
-    write_atomic(path, buf.getvalue())
+    write_text(path, buf.getvalue())

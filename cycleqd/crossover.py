@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import torch
 
+from cycleqd.checks import check_fields, require
 from cycleqd.taskvector import TaskVector, linear_combination
 
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
@@ -41,10 +42,9 @@ class MergeCrossover:
     granularity: str = "model"
 
     def __post_init__(self) -> None:
-        if self.granularity not in ("model", "layer"):
-            raise ValueError(f"crossover.granularity must be 'model' or 'layer', got {self.granularity!r}")
-        if self.sigma < 0:
-            raise ValueError(f"crossover.sigma must be >= 0, got {self.sigma}")
+        check_fields(self)
+        require(self.granularity in ("model", "layer"), "granularity", f"must be 'model' or 'layer', got {self.granularity!r}")
+        require(self.sigma >= 0, "sigma", f"must be >= 0, got {self.sigma}")
 
     def weights(self, parents: Sequence[TaskVector], gen: torch.Generator) -> list[dict[str, float]]:
         """Normalised per-parameter weights, one mapping per parent."""
@@ -77,6 +77,11 @@ class MethodCrossover:
     merge: Any
     mu: float = 0.0
     sigma: float = 0.01
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        require(callable(self.merge), "merge", f"must be a merge method (a cycleqd.merging.Merge), got {self.merge!r}")
+        require(self.sigma >= 0, "sigma", f"must be >= 0, got {self.sigma}")
 
     def __call__(self, parents: Sequence[TaskVector], gen: torch.Generator) -> TaskVector:
         w = 1 + self.mu + self.sigma * torch.randn(len(parents), generator=gen, dtype=torch.float64)

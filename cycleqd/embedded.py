@@ -18,9 +18,10 @@ from typing import Sequence
 
 import torch
 
+from cycleqd.checks import check_fields, require
+from cycleqd.fileio import build_atomically
 from cycleqd.finetune import ExpertRecipe, Training, build_expert, train
 from cycleqd.models import char_tokenizer
-from cycleqd.store import build_atomically
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,16 @@ class TinyLlama:
     num_hidden_layers: int = 4
     num_attention_heads: int = 4
     max_position_embeddings: int = 64
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        for f in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings"):
+            require(getattr(self, f) >= 1, f, f"must be >= 1, got {getattr(self, f)}")
+        require(
+            self.hidden_size % self.num_attention_heads == 0,
+            "hidden_size",
+            f"{self.hidden_size} is not a multiple of num_attention_heads={self.num_attention_heads}",
+        )
 
 
 def cache_root() -> Path:

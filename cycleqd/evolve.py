@@ -10,16 +10,26 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
 
 from cycleqd.archives import CyclicArchives
 from cycleqd.mutation import SVD
-from cycleqd.store import EliteRecord, EliteStore
+from cycleqd.protocols import Failure, Result
+from cycleqd.store import EliteRecord
 from cycleqd.taskvector import TaskVector
+
+
+class Population(Protocol):
+    """Where elites' task vectors live (:class:`cycleqd.store.EliteStore`, or a dict-backed fake)."""
+
+    def put(self, tv: TaskVector, record: EliteRecord) -> None: ...
+
+    def get(self, elite_id: int) -> TaskVector: ...
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,9 @@ class CycleQD:
 
     ``ask`` and ``tell`` must alternate; results go back in the order ``ask`` gave them,
     so candidates can be evaluated in batches or in parallel without changing this class.
+    All state is in memory except the task vectors of the elites, which go to
+    ``store`` when an archive keeps them; nothing is ever deleted here (the runner
+    collects dead elites after a checkpoint that no longer names them).
 
     Args:
         archives: The K archives.
@@ -53,7 +66,7 @@ class CycleQD:
         self,
         *,
         archives: CyclicArchives,
-        store: EliteStore,
+        store: Population,
         crossover,
         mutation,
         expert_svds: Mapping[str, Mapping[str, SVD]],
@@ -73,25 +86,42 @@ class CycleQD:
         self.generation = 0
         self.next_id = 0
         self.evaluations = 0
+        self.failures: Counter[str] = Counter()
+        self.consecutive_failures = 0
         self._asked: list[Candidate] | None = None
 
     # -- seeding ------------------------------------------------------------------
-    def seed(self, vectors: Mapping[str, TaskVector], scores: Mapping[str, Mapping[str, float]], origin: str = "expert") -> dict[str, int]:
-        """Store each model and offer it to every archive (generation −1). Returns name → id."""
+    def seed(self, vectors: Mapping[str, TaskVector], results: Mapping[str, Result], origin: str = "expert") -> dict[str, int]:
+        """Offer each model to every archive (generation −1); returns name → id of the
+        models that were scored (a :class:`Failure` result is counted, not offered)."""
         ids = {}
         for name, tv in vectors.items():
             i = self._new_id()
-            self.store.put(tv, EliteRecord(id=i, generation=-1, origin=f"{origin}:{name}", parents=(), scores=dict(scores[name])))
-            self.archives.add(i, scores[name], -1)
-            ids[name] = i
-        self.evaluations += len(vectors)
-        self.store.keep_only(self.archives.alive_ids())
+            self.evaluations += 1
+            if self._offer(i, tv, results[name], -1, f"{origin}:{name}", ()):
+                ids[name] = i
         return ids
 
     def _new_id(self) -> int:
         i = self.next_id
         self.next_id += 1
         return i
+
+    def _offer(self, i: int, tv: TaskVector, result: Result, generation: int, origin: str, parents: tuple[int, ...]):
+        """Offer one evaluated model to every archive and store it if one keeps it.
+        Returns pyribs' add status per archive, or None for a failed evaluation."""
+        if isinstance(result, Failure):
+            self.failures[result.reason] += 1
+            self.consecutive_failures += 1
+            return None
+        self.consecutive_failures = 0
+        missing = [t for t in self.archives.tasks if t not in result]
+        if missing:
+            raise ValueError(f"model {i}: no score for tasks {missing}")
+        status = self.archives.add(i, result, generation)
+        if any(s > 0 for s in status.values()):
+            self.store.put(tv, EliteRecord(i, generation, origin, parents, dict(result)))
+        return status
 
     # -- ask / tell ---------------------------------------------------------------
     def ask(self) -> list[Candidate]:
@@ -108,23 +138,24 @@ class CycleQD:
         self._asked = out
         return out
 
-    def tell(self, candidates: Sequence[Candidate], scores: Sequence[Mapping[str, float]]) -> list[dict[str, int]]:
-        """Offer each evaluated candidate to every archive; returns pyribs' add status per archive."""
+    def tell(self, candidates: Sequence[Candidate], results: Sequence[Result]) -> list[dict[str, int] | None]:
+        """Offer each evaluated candidate to every archive; a :class:`Failure` is counted
+        and offered nowhere. Returns pyribs' add status per archive (None for a failure)."""
         if self._asked is None:
             raise RuntimeError("tell() called without ask()")
         if [c.id for c in candidates] != [c.id for c in self._asked]:
             raise ValueError("tell() must receive the candidates of the last ask(), in the same order")
-        if len(scores) != len(candidates):
-            raise ValueError(f"{len(candidates)} candidates but {len(scores)} score records")
-        statuses = []
-        for c, s in zip(candidates, scores):
-            missing = [t for t in self.archives.tasks if t not in s]
-            if missing:
-                raise ValueError(f"candidate {c.id}: no score for tasks {missing}")
-            # Stored before it enters an archive: an archive never names a missing file.
-            self.store.put(c.vector, EliteRecord(c.id, c.generation, f"child:{c.quality_task}", c.parents, dict(s)))
-            statuses.append(self.archives.add(c.id, s, c.generation))
-        self.store.keep_only(self.archives.alive_ids())
+        if len(results) != len(candidates):
+            raise ValueError(f"{len(candidates)} candidates but {len(results)} score records")
+        for c, r in zip(candidates, results):
+            if not isinstance(r, Failure):
+                missing = [t for t in self.archives.tasks if t not in r]
+                if missing:
+                    raise ValueError(f"candidate {c.id}: no score for tasks {missing}")
+        statuses = [
+            self._offer(c.id, c.vector, r, c.generation, f"child:{c.quality_task}", c.parents)
+            for c, r in zip(candidates, results)
+        ]
         self.evaluations += len(candidates)
         self.generation += 1
         self._asked = None
@@ -141,6 +172,8 @@ class CycleQD:
             "generation": self.generation,
             "next_id": self.next_id,
             "evaluations": self.evaluations,
+            "failures": dict(self.failures),
+            "consecutive_failures": self.consecutive_failures,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -150,3 +183,5 @@ class CycleQD:
         self.generation = state["generation"]
         self.next_id = state["next_id"]
         self.evaluations = state["evaluations"]
+        self.failures = Counter(state.get("failures", {}))
+        self.consecutive_failures = state.get("consecutive_failures", 0)

@@ -171,17 +171,21 @@ def model_card(run: RunData, provenance: dict[str, Any]) -> str:
 
 def _scores(run: RunData, tv: TaskVector) -> dict[str, float]:
     """Opt-split scores of θ0 + ``tv`` on the run's own tasks."""
-    from omegaconf import OmegaConf
-
-    from cycleqd.evaluation import LocalEvaluator, ResidentModel
+    from cycleqd.components import build_tasks
+    from cycleqd.errors import EvaluationFailed
+    from cycleqd.evaluation import ResidentModel, score_tasks
     from cycleqd.models import HFTextModel, load_model
-    from cycleqd.runner import build_tasks
+    from cycleqd.protocols import Failure
+    from cycleqd.runner import load_config
 
-    tasks = build_tasks(OmegaConf.load(run.run_dir / ".hydra" / "config.yaml"))
+    tasks = build_tasks(load_config(run.run_dir))
     model, tokenizer = load_model(_base_dir(run))
     resident = ResidentModel(model, list(tv))
     with resident.applied(tv):
-        return LocalEvaluator()(HFTextModel(model, tokenizer), tasks, "opt")
+        result = score_tasks(HFTextModel(model, tokenizer), tasks, "opt")
+    if isinstance(result, Failure):
+        raise EvaluationFailed(f"scoring the truncated adapter failed: {result}")
+    return dict(result)
 
 
 def export(run_dir: str | Path, elite: str, fmt: str, out: str | Path, rank: int | None = None) -> Path:

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import torch
 
+from cycleqd.checks import check_fields, require
+from cycleqd.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -25,6 +28,15 @@ class Training:
     warmup: int = 20
     weight_decay: float = 0.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        for key in ("steps", "batch_size"):
+            require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(self.warmup >= 0, "warmup", f"must be >= 0, got {self.warmup}")
+        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
 
 
 @dataclass(frozen=True)
@@ -43,6 +55,21 @@ class ExpertRecipe:
     lora_alpha: int = 16
     training: Training = field(default_factory=lambda: Training(steps=200, lr=5e-4, warmup=10))
 
+    def __post_init__(self) -> None:
+        check_fields(self)
+        require(self.kind in ("full", "lora"), "kind", f"must be 'full' or 'lora', got {self.kind!r}")
+        if self.kind == "full":
+            require(len(self.trainable) > 0, "trainable", "must name at least one parameter-name fragment")
+        else:
+            require(len(self.target_modules) > 0, "target_modules", "must name at least one module")
+            require(self.lora_rank >= 1, "lora_rank", f"must be >= 1, got {self.lora_rank}")
+            require(self.lora_alpha > 0, "lora_alpha", f"must be > 0, got {self.lora_alpha}")
+        if isinstance(self.training, dict):
+            try:
+                object.__setattr__(self, "training", Training(**self.training))
+            except ConfigError as e:
+                raise e.under("training") from None
+
 
 def _seq_ids(tokenizer, prompt: str, answer: str) -> tuple[list[int], int]:
     """Token ids of ``[bos] prompt answer \\n`` and how many of them belong to the prompt.
@@ -57,7 +84,14 @@ def _seq_ids(tokenizer, prompt: str, answer: str) -> tuple[list[int], int]:
 
 
 def _batches(tokenizer, pairs: list[tuple[str, str]], batch_size: int, rng: random.Random, answer_only: bool):
-    """Yield (input_ids, attention_mask, labels) batches forever, reshuffling each epoch."""
+    """Yield (input_ids, attention_mask, labels) batches forever, reshuffling each epoch.
+
+    With fewer pairs than ``batch_size`` every batch holds all of them (an epoch that
+    yields nothing would loop forever).
+    """
+    if not pairs:
+        raise ValueError("no training pairs: nothing to fine-tune on")
+    batch_size = min(batch_size, len(pairs))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     while True:
         rng.shuffle(pairs)

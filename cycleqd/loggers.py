@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from cycleqd.fileio import write_text
+
 
 class JsonlLogger:
     """Appends one JSON object per generation to ``<run_dir>/metrics.jsonl``."""
@@ -18,14 +20,25 @@ class JsonlLogger:
         self.path = Path(run_dir) / "metrics.jsonl"
 
     def truncate(self, generations: int) -> None:
-        """Keep the first ``generations`` lines (a resumed run rewrites what came after its checkpoint)."""
-        if self.path.is_file():
-            lines = self.path.read_text().splitlines()[:generations]
-            self.path.write_text("".join(line + "\n" for line in lines))
+        """Keep the lines of generations before ``generations`` (a resumed run rewrites what
+        came after its checkpoint; a line cut short by a crash goes too)."""
+        if not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                if json.loads(line)["generation"] < generations:
+                    kept.append(line + "\n")
+            except (ValueError, KeyError, TypeError):
+                continue
+        write_text(self.path, "".join(kept))
 
     def log(self, metrics: Mapping[str, Any]) -> None:
+        # Synced before the checkpoint that follows it, so a committed generation never lacks its line.
         with self.path.open("a") as f:
             f.write(json.dumps(metrics) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
     def log_images(self, images: Mapping[str, Path]) -> None:
         pass

@@ -25,6 +25,7 @@ from typing import Sequence
 
 import torch
 
+from cycleqd.checks import check_fields, require
 from cycleqd.taskvector import TaskVector, as_dense, linear_combination
 
 METHODS = ("linear", "ties", "dare_linear", "dare_ties", "breadcrumbs", "slerp")
@@ -102,10 +103,11 @@ class Merge:
     t: float | None = None
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"merge method must be one of {METHODS}, got {self.method!r}")
-        if not 0 < self.density <= 1:
-            raise ValueError(f"density must be in (0, 1], got {self.density}")
+        check_fields(self)
+        require(self.method in METHODS, "method", f"must be one of {list(METHODS)}, got {self.method!r}")
+        require(0 < self.density <= 1, "density", f"must be in (0, 1], got {self.density}")
+        require(0 <= self.gamma < 1, "gamma", f"must be in [0, 1), got {self.gamma}")
+        require(self.t is None or 0 <= self.t <= 1, "t", f"must be in [0, 1] or null, got {self.t}")
 
     def __call__(self, vectors: Sequence[TaskVector], weights: Sequence[float], gen: torch.Generator | None = None) -> TaskVector:
         if self.method == "linear":

@@ -15,6 +15,7 @@ from typing import Mapping
 
 import torch
 
+from cycleqd.checks import check_fields, require
 from cycleqd.taskvector import Delta, LowRank, TaskVector, as_dense, concat_lowrank
 
 
@@ -78,10 +79,9 @@ class SVDMutation:
     max_rank: int | None = None
 
     def __post_init__(self) -> None:
-        if self.scale < 0:
-            raise ValueError(f"mutation.scale must be >= 0, got {self.scale}")
-        if self.max_rank is not None and self.max_rank < 1:
-            raise ValueError(f"mutation.max_rank must be >= 1 or null, got {self.max_rank}")
+        check_fields(self)
+        require(self.scale >= 0, "scale", f"must be >= 0, got {self.scale}")
+        require(self.max_rank is None or self.max_rank >= 1, "max_rank", f"must be >= 1 or null, got {self.max_rank}")
 
     def __call__(self, child: TaskVector, svds: Mapping[str, SVD], gen: torch.Generator) -> TaskVector:
         if self.scale == 0:
@@ -104,6 +104,10 @@ class GaussianMutation:
     """Ablation: i.i.d. Gaussian noise of standard deviation ``std`` on every delta (densifies)."""
 
     std: float = 3e-4
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        require(self.std >= 0, "std", f"must be >= 0, got {self.std}")
 
     def __call__(self, child: TaskVector, svds: Mapping[str, SVD], gen: torch.Generator) -> TaskVector:
         out = {}

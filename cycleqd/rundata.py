@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cycleqd import checkpoint
+from cycleqd.fileio import read_json
 from cycleqd.store import EliteStore
 
 
@@ -40,17 +40,18 @@ def load_run(run_dir: str | Path) -> RunData:
 
     Raises:
         FileNotFoundError: ``run_dir`` has no checkpoint (not a run directory).
+        DamagedFile: the checkpoint, the summary or an elite record is damaged.
     """
     import pandas as pd
 
     run_dir = Path(run_dir)
-    ckpt = run_dir / "checkpoint" / "state.pkl"
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"{str(run_dir)!r} has no checkpoint/state.pkl: not a cycleqd run directory")
-    cyclic = pickle.loads(ckpt.read_bytes())["qd"]["archives"]
+    ckpt = checkpoint.load(run_dir)
+    if ckpt is None:
+        raise FileNotFoundError(f"{str(run_dir)!r} has no checkpoint/state.ckpt: not a cycleqd run directory")
+    cyclic = ckpt.state["qd"]["archives"]
     summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    store = EliteStore(run_dir / "elites")
+    summary = read_json(summary_path, "summary") if summary_path.is_file() else {}
+    store = EliteStore(run_dir / "elites", checksums=ckpt.elites)
     rows = []
     for task, archive in cyclic.archives.items():
         data = archive.data()

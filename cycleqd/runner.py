@@ -1,220 +1,187 @@
 """One CycleQD run, from a composed config to the run directory's contract files:
-models and experts → task vectors → evolution → final model and baselines → summary."""
+
+    check every component → lock the run directory → models and experts
+    → seed the archives (or restore the checkpoint) → evolve, committing checkpoints
+    → final model and baselines → heatmaps, elite table, summary
+
+The loop's state lives in memory (:mod:`cycleqd.evolve`); this module commits it. A
+checkpoint names the elite files it needs with their checksums, and an elite file is
+deleted only after a checkpoint that no longer names it is committed, so a run killed
+at any moment resumes to the result an uninterrupted run gives.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import pickle
 import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from cycleqd.archives import CyclicArchives
+from cycleqd import checkpoint
+from cycleqd.baselines import mean, static_merges
+from cycleqd.components import Components, build
+from cycleqd.errors import ConfigError, DamagedFile, EvaluationFailed, RunInterrupted, TooManyFailures
 from cycleqd.evaluation import ResidentModel
 from cycleqd.evolve import CycleQD
+from cycleqd.experts import expert_vectors, locate_models
+from cycleqd.fileio import fault_point, read_json, remove, write_json, write_text
+from cycleqd.lock import RunLock
 from cycleqd.models import HFTextModel, default_device, load_model
 from cycleqd.mutation import expert_svds
+from cycleqd.protocols import Failure, Result
+from cycleqd.reports import elite_table, heatmaps
 from cycleqd.select import aggregate_best
-from cycleqd.store import EliteStore, write_atomic
+from cycleqd.stopping import Stop
+from cycleqd.store import EliteStore
 from cycleqd.taskvector import TaskVector
-from cycleqd.validate import validate
 
 log = logging.getLogger(__name__)
 
 
-def build_tasks(cfg: DictConfig) -> list:
-    if not cfg.task:
-        raise ValueError("config has no tasks: select some with task=[a,b,...]")
-    return [instantiate(cfg.task[name], _convert_="all") for name in cfg.task]
-
-
-def locate_models(cfg: DictConfig, tasks: list) -> tuple[Path, dict[str, Path], str]:
-    """Base model directory, expert directory per task, and the experts' format (full | lora).
-
-    ``experts.kind: train`` fine-tunes (once, cached) one expert per task from the base;
-    ``experts.kind: paths`` takes them from disk.
-    """
-    from cycleqd.embedded import EmbeddedRecipe, cache_root, ensure_embedded, ensure_experts
-
-    root = Path(cfg.model.cache_dir) if cfg.model.get("cache_dir") else cache_root()
-    trained = cfg.experts.kind == "train"
-    if cfg.model.kind == "embedded":
-        if not trained:
-            raise ValueError("model.kind=embedded needs experts trained from it (experts=embedded_full or embedded_lora)")
-        weights = cfg.model.pretrain_weights or {}
-        recipe = EmbeddedRecipe(
-            model=instantiate(cfg.model.shape),
-            pretrain=instantiate(cfg.model.pretrain),
-            pretrain_weights=tuple(float(weights.get(t.name, 1.0)) for t in tasks),
-            pretrain_examples=cfg.model.pretrain_examples,
-            expert=instantiate(cfg.experts.recipe, _convert_="all"),
-            expert_examples=cfg.experts.examples,
-        )
-        built = ensure_embedded(recipe, tasks, root)
-        return built.base, built.experts, recipe.expert.kind
-    if cfg.model.kind == "smollm2":
-        from cycleqd.smollm2 import ensure_smollm2
-
-        base, base_key = ensure_smollm2(root)
-    else:
-        base, base_key = Path(cfg.model.path), str(Path(cfg.model.path).resolve())
-    if trained:
-        expert = instantiate(cfg.experts.recipe, _convert_="all")
-        return base, ensure_experts(base, base_key, expert, cfg.experts.examples, tasks, root), expert.kind
-    return base, {t.name: Path(cfg.experts.paths[t.name]) for t in tasks}, cfg.experts.format
-
-
-def expert_vectors(base_model, paths: Mapping[str, Path], fmt: str) -> dict[str, TaskVector]:
-    if fmt == "lora":
-        return {t: TaskVector.from_peft(p) for t, p in paths.items()}
-    from transformers import AutoModelForCausalLM
-
-    base_sd = {k: v.detach().cpu() for k, v in base_model.state_dict().items()}
-    out = {}
-    for t, p in paths.items():
-        tuned = AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32).state_dict()
-        out[t] = TaskVector.between(base_sd, tuned)
-        del tuned
-    return out
-
-
 class Run:
-    """Everything one run holds in memory: tasks, the resident model, experts, the loop."""
+    """Everything one run holds in memory: its components, the resident model, the experts, the loop.
 
-    def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
+    Args:
+        cfg: The composed config.
+        run_dir: The run directory.
+        components: ``build(cfg)``, if already built.
+
+    Raises:
+        ConfigError: a bad config value (before any model is loaded).
+    """
+
+    def __init__(self, cfg: DictConfig, run_dir: str | Path, components: Components | None = None) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
-        validate(cfg)
+        self.c = components or build(cfg)
+        if cfg.device and cfg.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError("device", f"{cfg.device!r} requested, but this machine has no CUDA device")
+        self.tasks, self.names = self.c.tasks, self.c.names
+        self.logger = self.c.logger
+        self.store = EliteStore(self.run_dir / "elites")
+        self.experts_opt: dict[str, Result] = {}
+        self.elapsed_before = 0.0
+        self.t_start = time.perf_counter()
+        self.stop = Stop()
+        self.qd: CycleQD | None = None
+
+    # -- models ---------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Build or find the base model and experts, load them, and make the loop."""
+        cfg = self.cfg
         torch.manual_seed(cfg.seed)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.tasks = build_tasks(cfg)
-        self.names = [t.name for t in self.tasks]
         base_dir, expert_dirs, fmt = locate_models(cfg, self.tasks)
         self.base_dir = base_dir
         self.model, tokenizer = load_model(base_dir, cfg.device or default_device())
-        self.experts = expert_vectors(self.model, expert_dirs, fmt)
+        key = "experts.paths" if cfg.experts.kind == "paths" else "experts"
+        self.experts = expert_vectors(self.model, expert_dirs, fmt, key=key)
         touched = list(dict.fromkeys(n for tv in self.experts.values() for n in tv))
         self.resident = ResidentModel(self.model, touched)
         self.text_model = HFTextModel(self.model, tokenizer, batch_size=cfg.eval_batch_size)
-        self.evaluator = instantiate(cfg.evaluator)
-        self.svds = {t: expert_svds(tv) for t, tv in self.experts.items()}
-        self.store = EliteStore(self.run_dir / "elites")
-        archives = CyclicArchives(
-            tasks=self.names,
-            measures={t.name: t.measure for t in self.tasks},
-            sampling=cfg.archive.sampling,
-            alpha=tuple(cfg.archive.alpha),
-            seed=cfg.seed,
-        )
         self.qd = CycleQD(
-            archives=archives,
+            archives=self.c.archives,
             store=self.store,
-            crossover=instantiate(cfg.crossover),
-            mutation=instantiate(cfg.mutation),
-            expert_svds=self.svds,
+            crossover=self.c.crossover,
+            mutation=self.c.mutation,
+            expert_svds={t: expert_svds(tv) for t, tv in self.experts.items()},
             children_per_generation=cfg.children_per_generation,
             seed=cfg.seed,
         )
-        self.logger = instantiate(cfg.logger)
-        self.experts_opt: dict[str, dict[str, float]] = {}
 
-    def evaluate(self, tv: TaskVector | None, split: str) -> dict[str, float]:
+    def score(self, tv: TaskVector | None, split: str) -> Result:
+        """Every task's score of ``θ0 + tv`` on ``split``, or the :class:`Failure` that stopped it."""
+        if tv is not None and not tv.is_finite():
+            return Failure("nonfinite_weights", None, "the task vector holds NaN or inf; not evaluated")
         with self.resident.applied(tv):
-            return self.evaluator(self.text_model, self.tasks, split)
+            return self.c.evaluator(self.text_model, self.tasks, split)
 
-    # -- phases -------------------------------------------------------------------
+    @property
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.t_start
+
+    # -- the loop -------------------------------------------------------------------------
     def seed_archives(self) -> None:
-        self.experts_opt = {t: self.evaluate(tv, "opt") for t, tv in self.experts.items()}
-        self.qd.seed(self.experts, self.experts_opt)
+        self.experts_opt = {}
+        for t, tv in self.experts.items():
+            fault_point("seed: evaluate expert")
+            self.experts_opt[t] = self.score(tv, "opt")
+        ids = self.qd.seed(self.experts, self.experts_opt)
+        if not ids:
+            reasons = "; ".join(f"{t}: {r}" for t, r in self.experts_opt.items())
+            raise EvaluationFailed(f"no expert could be evaluated, so the archives cannot be seeded ({reasons})")
 
-    def evolve(self, t_start: float, elapsed_before: float = 0.0) -> None:
+    def restore(self, ckpt: checkpoint.Checkpoint) -> None:
+        self.qd.load_state_dict(ckpt.state["qd"])
+        self.experts_opt = ckpt.state["experts_opt"]
+        self.elapsed_before = ckpt.state["elapsed_s"]
+        self.t_start = time.perf_counter()
+
+    def commit(self) -> None:
+        """Commit the loop's state as the checkpoint, then delete elite files it no longer names."""
+        state = {"qd": self.qd.state_dict(), "experts_opt": self.experts_opt, "elapsed_s": self.elapsed}
+        alive = self.qd.archives.alive_ids()
+        checkpoint.commit(self.run_dir, state, self.store.manifest(alive))
+        self.store.collect(alive)
+
+    def evolve(self) -> None:
+        """Generations until ``cfg.generations``: ask → evaluate → tell, checkpoints committed on the way."""
         from tqdm.auto import tqdm
 
-        cfg = self.cfg
-        bar = tqdm(
-            total=cfg.generations,
-            initial=self.qd.generation,
-            desc="cycleqd",
-            disable=cfg.quiet or not sys.stderr.isatty(),
-            dynamic_ncols=True,
-        )
-        while self.qd.generation < cfg.generations:
+        cfg, qd = self.cfg, self.qd
+        limit = getattr(self.c.evaluator, "max_consecutive_failures", None)
+        bar = tqdm(total=cfg.generations, initial=qd.generation, desc="cycleqd", disable=cfg.quiet or not sys.stderr.isatty(), dynamic_ncols=True)
+        while qd.generation < cfg.generations:
+            fault_point("generation")
             t0 = time.perf_counter()
-            candidates = self.qd.ask()
-            scores = [self.evaluate(c.vector, "opt") for c in candidates]
-            quality = candidates[0].quality_task
-            self.qd.tell(candidates, scores)
-            stats = self.qd.archives.stats()
+            candidates = qd.ask()
+            results = [self.score(c.vector, "opt") for c in candidates]
+            qd.tell(candidates, results)
             seconds = time.perf_counter() - t0
-            self.logger.log(
-                {
-                    "generation": self.qd.generation - 1,
-                    "quality_task": quality,
-                    "evaluations": self.qd.evaluations,
-                    "archives": stats,
-                    "seconds": seconds,
-                    "evaluations_per_s": len(candidates) / seconds,
-                    "elapsed_s": elapsed_before + time.perf_counter() - t_start,
-                }
-            )
-            bar.set_postfix(
-                q=quality,
-                evals_s=f"{len(candidates) / seconds:.1f}",
-                cov=",".join(f"{s['coverage']:.2f}" for s in stats.values()),
-            )
+            failures = [{"child": c.id, "reason": r.reason, "task": r.task, "message": r.message} for c, r in zip(candidates, results) if isinstance(r, Failure)]
+            stats = qd.archives.stats()
+            metrics = {
+                "generation": qd.generation - 1,
+                "quality_task": candidates[0].quality_task,
+                "evaluations": qd.evaluations,
+                "failed_evaluations": sum(qd.failures.values()),
+                "archives": stats,
+                "seconds": seconds,
+                "evaluations_per_s": len(candidates) / seconds,
+                "elapsed_s": self.elapsed,
+            }
+            if failures:
+                metrics["failures"] = failures
+            self.logger.log(metrics)
+            bar.set_postfix(q=metrics["quality_task"], evals_s=f"{metrics['evaluations_per_s']:.1f}", cov=",".join(f"{s['coverage']:.2f}" for s in stats.values()))
             bar.update(1)
-            if cfg.checkpoint_every and self.qd.generation % cfg.checkpoint_every == 0:
-                self.checkpoint(elapsed_before + time.perf_counter() - t_start)
+            too_many = limit is not None and qd.consecutive_failures >= limit
+            periodic = cfg.checkpoint_every and qd.generation % cfg.checkpoint_every == 0
+            if too_many or self.stop.requested or periodic or qd.generation == cfg.generations:
+                self.commit()
+            if too_many:
+                last = failures[-1] if failures else {}
+                raise TooManyFailures(
+                    f"{qd.consecutive_failures} evaluations in a row failed (evaluator.max_consecutive_failures={limit}); "
+                    f"the last: {last.get('reason')} ({last.get('task')}): {last.get('message')}. Checkpoint written at "
+                    f"generation {qd.generation}; fix the cause, then: cycleqd resume {self.run_dir}"
+                )
+            self._check_stop()
         bar.close()
 
-    def checkpoint(self, elapsed: float) -> None:
-        """Everything ``resume`` needs besides the config and the elite files, written atomically."""
-        state = {"qd": self.qd.state_dict(), "elapsed_s": elapsed, "experts_opt": self.experts_opt}
-        path = self.run_dir / "checkpoint" / "state.pkl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(pickle.dumps(state))
-        tmp.replace(path)
+    def _check_stop(self) -> None:
+        if self.stop.requested:
+            raise RunInterrupted(
+                f"{self.stop.requested}: stopped at generation {self.qd.generation} of {self.cfg.generations}; "
+                f"checkpoint written. Resume with: cycleqd resume {self.run_dir}"
+            )
 
-    def baselines(self) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
-        """Static merges of the experts: each configured method's parameters are chosen on
-        the opt split from its grid (``scales`` × ``density`` × ``gamma``), and the chosen
-        merge is reported on the test split."""
-        import itertools
-
-        from cycleqd.merging import Merge
-
-        out, chosen = {}, {}
-        experts = [self.experts[t] for t in self.names]
-        for name, spec in (self.cfg.baselines or {}).items():
-            method = spec.get("method", "linear")
-            scales = list(spec.get("scales") or [])
-            if not scales or (method == "slerp" and len(experts) != 2):
-                continue
-            grid = list(itertools.product(scales, list(spec.get("density") or [0.5]), list(spec.get("gamma") or [0.01])))
-            merges = {}
-            for lam, density, gamma in grid:
-                merge = Merge(method, density=density, gamma=gamma)
-                gen = torch.Generator().manual_seed(self.cfg.seed)
-                merges[(lam, density, gamma)] = merge(experts, [lam] * len(experts), gen)
-            opt = {k: self.evaluate(tv, "opt") for k, tv in merges.items()}
-            best = max(grid, key=lambda k: (_mean(opt[k]), -abs(k[0] - 0.5)))
-            out[name] = self.evaluate(merges[best], "test")
-            chosen[name] = {
-                "method": method,
-                "scale": best[0],
-                "density": best[1] if method != "linear" else None,
-                "gamma": best[2] if method == "breadcrumbs" else None,
-                "opt_mean": {str(k): _mean(v) for k, v in opt.items()},
-            }
-        return out, chosen
-
+    # -- the final phase ------------------------------------------------------------------
     def final_model(self) -> tuple[TaskVector, dict[str, Any]]:
         """The aggregated model: each archive's best elite merged, its overall scale chosen on the opt split.
 
@@ -222,124 +189,142 @@ class Run:
         elite's; the task-arithmetic baseline chooses its λ on the opt split, and the
         final model gets the same freedom (``final.scales: [1.0]`` is the plain merge).
         """
-        merged, info = aggregate_best(self.qd.archives, self.store, self.cfg.final.method)
-        scales = list(self.cfg.final.scales) or [1.0]
-        opt = {s: self.evaluate(merged.scale(s), "opt") for s in scales} if len(scales) > 1 else {scales[0]: None}
-        best = scales[0] if len(scales) == 1 else max(scales, key=lambda s: (_mean(opt[s]), -abs(s - 1.0)))
-        info["scale"] = best
+        merged, info = aggregate_best(self.qd.archives, self.store, self.c.final.method)
+        scales = list(self.c.final.scales)
+        best = scales[0]
         if len(scales) > 1:
-            info["opt_mean"] = {s: _mean(v) for s, v in opt.items()}
+            opt = {s: self.score(merged.scale(s), "opt") for s in scales}
+            ok = [s for s in scales if not isinstance(opt[s], Failure)]
+            if ok:
+                best = max(ok, key=lambda s: (mean(opt[s]), -abs(s - 1.0)))
+            info["opt_mean"] = {s: (mean(v) if not isinstance(v, Failure) else None) for s, v in opt.items()}
+        info["scale"] = best
         return merged.scale(best), info
 
-    def heatmaps(self) -> dict[str, Path]:
-        import matplotlib
+    def finish(self) -> dict[str, Any]:
+        """Final model, experts and baselines on the test split; then final.safetensors, the
+        elite table, heatmaps and, last, summary.json (its presence marks a finished run)."""
+        failed: dict[str, Any] = {}
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from ribs.visualize import grid_archive_heatmap
+        def scored(what: str, result: Result) -> dict[str, float] | None:
+            if isinstance(result, Failure):
+                failed[what] = str(result)
+                return None
+            return dict(result)
 
-        out = {}
-        for task, archive in self.qd.archives.archives.items():
-            fig, ax = plt.subplots(figsize=(5, 4))
-            if archive.measure_dim == 1 and len(archive) == 1:
-                _heatmap_1d_single(archive, ax)  # pyribs 0.12 fails on a 1-D archive holding one elite
-            else:
-                grid_archive_heatmap(archive, ax=ax, vmin=0.0, vmax=1.0, cmap="viridis")
-            d = self.qd.archives.descriptors(task)
-            ax.set_xlabel(f"{d[0]} score")
-            if len(d) > 1:
-                ax.set_ylabel(f"{d[1]} score")
-            ax.set_title(f"archive {task}: quality = {task} score")
-            path = self.run_dir / "heatmaps" / f"{task}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(path, dpi=100, bbox_inches="tight")
-            plt.close(fig)
-            out[task] = path
-        return out
-
-    def elite_table(self) -> None:
-        rows = ["archive,cell,objective,measures,id,generation," + ",".join(f"score_{t}" for t in self.names)]
-        for task, archive in self.qd.archives.archives.items():
-            data = archive.data()
-            cells = archive.int_to_grid_index(data["index"])
-            for j in range(len(data["index"])):
-                rows.append(
-                    ",".join(
-                        [
-                            task,
-                            "-".join(str(int(c)) for c in cells[j]),
-                            f"{data['objective'][j]:.6f}",
-                            "-".join(f"{m:.6f}" for m in data["measures"][j]),
-                            str(int(data["solution"][j][0])),
-                            str(int(data["generation"][j])),
-                            *[f"{s:.6f}" for s in data["scores"][j]],
-                        ]
-                    )
-                )
-        write_atomic(self.run_dir / "elites" / "table.csv", "\n".join(rows) + "\n")
-
-
-def _heatmap_1d_single(archive, ax) -> None:
-    import numpy as np
-
-    values = np.full((1, archive.cells), np.nan)
-    data = archive.data()
-    values[0, int(archive.int_to_grid_index(data["index"])[0][0])] = data["objective"][0]
-    mesh = ax.pcolormesh(archive.boundaries[0], [0, 1], values, cmap="viridis", vmin=0.0, vmax=1.0)
-    ax.set_yticks([])
-    ax.figure.colorbar(mesh, ax=ax)
+        fault_point("final: start")
+        final_tv, final_info = self.final_model()
+        self._check_stop()
+        experts = {t: scored(f"expert:{t}", self.score(tv, "test")) for t, tv in self.experts.items()}
+        base = scored("base", self.score(None, "test"))
+        self._check_stop()
+        baselines, chosen, failed_baselines = static_merges([self.experts[t] for t in self.names], self.c.baselines, self.score, self.cfg.seed)
+        failed.update({f"baseline:{k}": v for k, v in failed_baselines.items()})
+        self._check_stop()
+        final = scored("final", self.score(final_tv, "test"))
+        final_opt = scored("final_opt", self.score(final_tv, "opt"))
+        fault_point("final: scored")
+        summary = {
+            "tasks": self.names,
+            "generations": self.qd.generation,
+            "evaluations": self.qd.evaluations,
+            "experts": {t: s for t, s in experts.items() if s is not None},
+            "base": base,
+            "baselines": baselines,
+            "final": final,
+            "final_opt": final_opt,
+            "final_elites": final_info,
+            "baseline_choices": chosen,
+            "experts_opt": {t: dict(r) for t, r in self.experts_opt.items() if not isinstance(r, Failure)},
+            "archives": self.qd.archives.stats(),
+            "failures": {"count": sum(self.qd.failures.values()), "by_reason": dict(sorted(self.qd.failures.items()))},
+            "failed": failed | {f"expert_opt:{t}": str(r) for t, r in self.experts_opt.items() if isinstance(r, Failure)},
+            "wall_time_s": self.elapsed,
+            "base_model": str(self.base_dir),
+        }
+        final_tv.save(self.run_dir / "final.safetensors", metadata={"elites": json.dumps(final_info)})
+        elite_table(self.qd.archives, self.run_dir)
+        self.logger.log_images(heatmaps(self.qd.archives, self.run_dir))
+        write_json(self.run_dir / "summary.json", summary)
+        self.logger.finish(summary)
+        return summary
 
 
-def _mean(scores: Mapping[str, float]) -> float:
-    return sum(scores.values()) / len(scores)
+def prior_state(run_dir: Path) -> tuple[checkpoint.Checkpoint | None, dict | None]:
+    """The committed checkpoint and summary of ``run_dir`` (None where absent), read with named errors."""
+    ckpt = checkpoint.load(run_dir)
+    summary_path = run_dir / "summary.json"
+    try:
+        summary = read_json(summary_path, "summary") if summary_path.is_file() else None
+    except DamagedFile as e:
+        log.warning("%s; it will be written again", e)  # the final phase rewrites it from the checkpoint
+        summary = None
+    return ckpt, summary
 
 
-def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
-    """Execute (or resume) one run in ``run_dir`` and return its summary."""
-    t_start = time.perf_counter()
+def run(cfg: DictConfig, run_dir: str | Path, resume: bool = False, write_config: bool = False) -> dict[str, Any]:
+    """Execute (``resume=False``) or continue (``resume=True``) one run in ``run_dir``; returns its summary.
+
+    A fresh run refuses a directory that already holds a checkpoint. Resuming a
+    directory without a checkpoint (killed before its first one) starts the run over.
+    ``write_config`` replaces ``.hydra/config.yaml`` with ``cfg`` once the lock is held
+    (a resume with changed settings).
+
+    Raises:
+        ConfigError: a bad config value, before any model exists.
+        RunInUse: another live process holds ``run_dir``.
+        DamagedFile: the checkpoint, an elite file it names or the summary is damaged.
+        RunInterrupted: SIGINT/SIGTERM; a checkpoint was written.
+        TooManyFailures: too many evaluations in a row failed; a checkpoint was written.
+    """
     run_dir = Path(run_dir)
-    r = Run(cfg, run_dir)
-    ckpt = run_dir / "checkpoint" / "state.pkl"
-    r.logger.start(run_dir, OmegaConf.to_container(cfg, resolve=True))
-    if resume:
-        if not ckpt.is_file():
-            raise FileNotFoundError(f"{run_dir} has no checkpoint/state.pkl to resume from")
-        state = pickle.loads(ckpt.read_bytes())
-        r.qd.load_state_dict(state["qd"])
-        r.experts_opt = state["experts_opt"]
-        elapsed_before = state["elapsed_s"]
-        r.logger.truncate(r.qd.generation)
-    else:
-        if (run_dir / "metrics.jsonl").exists():
-            (run_dir / "metrics.jsonl").unlink()
-        r.seed_archives()
-        elapsed_before = 0.0
-        r.checkpoint(elapsed_before)
-    r.evolve(t_start, elapsed_before)
-    r.checkpoint(elapsed_before + time.perf_counter() - t_start)
+    components = build(cfg)
+    with RunLock(run_dir), Stop() as stop:
+        ckpt, summary = prior_state(run_dir)
+        if ckpt is not None and not resume:
+            raise ConfigError(
+                "hydra.run.dir", f"{str(run_dir)!r} already holds a run (checkpoint at generation {ckpt.generation}): resume it with `cycleqd resume {run_dir}` or choose another directory"
+            )
+        if ckpt is not None:
+            if summary is not None and summary.get("generations") == ckpt.generation == cfg.generations:
+                log.info("the run in %s has already finished", run_dir)
+                return summary
+            if ckpt.generation > cfg.generations:
+                raise ConfigError("generations", f"the checkpoint is at generation {ckpt.generation}, past generations={cfg.generations}")
+        if write_config:
+            write_text(run_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
+        r = Run(cfg, run_dir, components)
+        r.stop = stop
+        if ckpt is not None:
+            r.store.verify(ckpt.elites)  # before minutes of model building
+        r.setup()
+        r.logger.start(run_dir, OmegaConf.to_container(cfg, resolve=True))
+        stop.graceful = True
+        remove(run_dir / "summary.json")
+        if ckpt is not None:
+            log.info("resuming %s from generation %d", run_dir, ckpt.generation)
+            r.restore(ckpt)
+            r.store.collect(r.qd.archives.alive_ids())  # files written after the checkpoint
+            r.logger.truncate(ckpt.generation)
+        else:
+            r.logger.truncate(0)
+            r.store.collect(())  # elites of an attempt killed before its first checkpoint
+            r.seed_archives()
+            r.commit()
+        r.evolve()
+        return r.finish()
 
-    final_tv, final_info = r.final_model()
-    summary = {
-        "tasks": r.names,
-        "generations": r.qd.generation,
-        "evaluations": r.qd.evaluations,
-        "experts": {t: r.evaluate(tv, "test") for t, tv in r.experts.items()},
-        "base": r.evaluate(None, "test"),
-    }
-    baselines, chosen = r.baselines()
-    summary["baselines"] = baselines
-    summary["final"] = r.evaluate(final_tv, "test")
-    summary["final_opt"] = r.evaluate(final_tv, "opt")
-    summary["final_elites"] = final_info
-    summary["baseline_choices"] = chosen
-    summary["experts_opt"] = r.experts_opt
-    summary["archives"] = r.qd.archives.stats()
-    summary["wall_time_s"] = elapsed_before + time.perf_counter() - t_start
-    summary["base_model"] = str(r.base_dir)
-    final_tv.save(run_dir / "final.safetensors", metadata={"elites": json.dumps(final_info)})
-    r.elite_table()
-    images = r.heatmaps()
-    r.logger.log_images(images)
-    write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
-    r.logger.finish(summary)
-    return summary
+
+def load_config(run_dir: str | Path) -> DictConfig:
+    """The resolved config of a run directory (``.hydra/config.yaml``), with named errors."""
+    path = Path(run_dir) / ".hydra" / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(run_dir)!r} has no .hydra/config.yaml: not a cycleqd run directory")
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as e:
+        raise DamagedFile(path, f"not a readable YAML config ({type(e).__name__})") from None
+    if not isinstance(cfg, DictConfig) or "task" not in cfg:
+        raise DamagedFile(path, "not a cycleqd config (no task section)")
+    return cfg
+

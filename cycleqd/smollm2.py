@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from cycleqd.store import build_atomically
+from cycleqd.fileio import build_atomically
 
 
 def gguf_file() -> Path:

@@ -8,15 +8,17 @@ mutation, so a LoRA population never pays for an m×n matrix per module.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence, Union
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load, load_file, save
+
+from cycleqd.errors import DamagedFile
+from cycleqd.fileio import write_bytes
 
 
 @dataclass(frozen=True)
@@ -152,8 +154,12 @@ class TaskVector(Mapping[str, Delta]):
         return cls(out)
 
     # -- storage ------------------------------------------------------------------
-    def save(self, path: str | Path, metadata: Mapping[str, str] | None = None) -> None:
-        """Write to one safetensors file atomically (temp file, then rename)."""
+    def save(self, path: str | Path, metadata: Mapping[str, str] | None = None) -> str:
+        """Write to one safetensors file, durably and atomically; returns the file's SHA-256.
+
+        Raises:
+            WriteFailed: the file could not be written (a full disk); ``path`` is unchanged.
+        """
         tensors: dict[str, torch.Tensor] = {}
         for name, d in self._deltas.items():
             if isinstance(d, LowRank):
@@ -161,28 +167,50 @@ class TaskVector(Mapping[str, Delta]):
                 tensors[f"{name}::A"] = d.A.contiguous()
             else:
                 tensors[name] = d.contiguous()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=dict(metadata or {}))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        return write_bytes(path, save(tensors, metadata=dict(metadata or {})))
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "TaskVector":
-        raw = load_file(str(path), device=str(device))
+        """Read a task vector written by :meth:`save`.
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            DamagedFile: the file is truncated or not a task vector.
+        """
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no task vector file at {str(path)!r}")
+        return cls.from_bytes(Path(path).read_bytes(), path, device)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str | Path = "<bytes>", device: str | torch.device = "cpu") -> "TaskVector":
+        """Parse the contents of a file written by :meth:`save` (``source`` names it in errors).
+
+        Raises:
+            DamagedFile: the bytes are truncated or not a task vector.
+        """
+        try:
+            raw = load(data)
+        except SafetensorError as e:
+            raise DamagedFile(source, f"not a readable safetensors file ({e})") from None
         out: dict[str, Delta] = {}
         for key, t in raw.items():
+            t = t.to(device)
             if key.endswith("::B"):
                 name = key[:-3]
-                out[name] = LowRank(t, raw[f"{name}::A"])
+                if f"{name}::A" not in raw:
+                    raise DamagedFile(source, f"{name!r} has a B factor and no A factor")
+                out[name] = LowRank(t, raw[f"{name}::A"].to(device))
             elif not key.endswith("::A"):
                 out[key] = t
         return cls(out)
+
+    def is_finite(self) -> bool:
+        """Whether every stored number is finite (no NaN or inf)."""
+        for d in self._deltas.values():
+            parts = (d.B, d.A) if isinstance(d, LowRank) else (d,)
+            if not all(bool(torch.isfinite(p).all()) for p in parts):
+                return False
+        return True
 
 
 def linear_combination(vectors: Sequence[TaskVector], weights: Sequence[float | Mapping[str, float]]) -> TaskVector:

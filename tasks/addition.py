@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from cycleqd.checks import require
 from tasks.base import SyntheticTask
 
 
@@ -15,6 +16,14 @@ class Addition(SyntheticTask):
     name: str = "addition"
     min_digits: int = 1
     max_digits: int = 3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(
+            1 <= self.min_digits <= self.max_digits <= 18,
+            "min_digits",
+            f"must satisfy 1 <= min_digits <= max_digits <= 18, got {self.min_digits}, {self.max_digits}",
+        )
 
     def sample(self, rng: random.Random) -> tuple[str, str]:
         a, b = (rng.randrange(10 ** rng.randint(self.min_digits, self.max_digits)) for _ in range(2))

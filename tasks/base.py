@@ -4,25 +4,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol, Sequence
+from typing import ClassVar
 
+from cycleqd.checks import check_fields, require
+from cycleqd.protocols import Measure, TextModel
 
-class TextModel(Protocol):
-    """What a task sees of a model: batched greedy text generation, nothing else."""
-
-    def generate(
-        self, prompts: Sequence[str], *, max_new_tokens: int, stop: Sequence[str] = ()
-    ) -> list[str]: ...
-
-
-@dataclass(frozen=True)
-class Measure:
-    """The axis a task contributes when it is a behaviour descriptor."""
-
-    low: float = 0.0
-    high: float = 1.0
-    bins: int = 15
-
+__all__ = ["SPLITS", "Measure", "StringTask", "SyntheticTask", "TextModel"]
 
 SPLITS = ("opt", "test")
 
@@ -52,8 +39,11 @@ class SyntheticTask:
     stop: str = "\n"
 
     def __post_init__(self) -> None:
-        if isinstance(self.measure, dict):
-            self.measure = Measure(**self.measure)
+        self.measure = Measure.of(self.measure)
+        check_fields(self)
+        require(bool(self.name), "name", "must be a non-empty string")
+        for key in ("n_opt", "n_test"):
+            require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
         self._splits: dict[str, list[tuple[str, str]]] | None = None
 
     # -- to implement -----------------------------------------------------------
@@ -87,6 +77,10 @@ class SyntheticTask:
                 out[split] = items
             self._splits = out
         return self._splits
+
+    def prepare(self) -> None:
+        """Draw the evaluation splits now, so a prompt space too small for them fails before any model exists."""
+        self.splits()
 
     def split(self, split: str) -> list[tuple[str, str]]:
         if split not in SPLITS:
@@ -131,6 +125,11 @@ class StringTask(SyntheticTask):
     min_len: int = 3
     max_len: int = 7
     marker: ClassVar[str] = ":"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(len(self.alphabet) > 0, "alphabet", "must be a non-empty string")
+        require(1 <= self.min_len <= self.max_len, "min_len", f"must satisfy 1 <= min_len <= max_len, got {self.min_len}, {self.max_len}")
 
     def transform(self, s: str) -> str:
         raise NotImplementedError

@@ -12,7 +12,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tasks.base import SPLITS, Measure, TextModel
+from cycleqd.protocols import Measure, TextModel
+from tasks.base import SPLITS
 
 
 @dataclass

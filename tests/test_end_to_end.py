@@ -60,7 +60,7 @@ def test_run_directory_contract(cli_run: Path):
     for t in TASKS:
         assert (cli_run / "heatmaps" / f"{t}.png").read_bytes()[:4] == b"\x89PNG"
     assert (cli_run / ".hydra" / "config.yaml").is_file()
-    assert (cli_run / "checkpoint" / "state.pkl").is_file()
+    assert (cli_run / "checkpoint" / "state.ckpt").is_file()
 
 
 def test_show_prints_the_table(cli_run: Path):
@@ -107,7 +107,7 @@ def test_lora_experts_stay_factored(tmp_path: Path, cache: Path):
 
 def test_cache_reuses_and_rebuilds(tmp_path: Path):
     from cycleqd.embedded import EmbeddedRecipe, ExpertRecipe, TinyLlama, Training, ensure_embedded
-    from cycleqd.runner import build_tasks
+    from cycleqd.components import build_tasks
 
     tasks = build_tasks(compose_tiny(tmp_path))
     recipe = EmbeddedRecipe(

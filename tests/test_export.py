@@ -49,7 +49,7 @@ print(json.dumps(out))
 def _tasks(run_dir: Path):
     from omegaconf import OmegaConf
 
-    from cycleqd.runner import build_tasks
+    from cycleqd.components import build_tasks
 
     return build_tasks(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
 

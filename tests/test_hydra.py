@@ -15,9 +15,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from cycleqd.cli import CONF_DIR
-from cycleqd.runner import Run, build_tasks
-from cycleqd.validate import ConfigError
+from cycleqd.configs import CONF_DIR
+from cycleqd.components import build, build_tasks
+from cycleqd.errors import ConfigError
+from cycleqd.runner import Run
 from tests.tiny import compose_tiny, tiny_overrides
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,7 +46,7 @@ def test_every_option_composes_and_instantiates(group: str, option: str):
         ("generations=0", "generations"),
         ("children_per_generation=-1", "children_per_generation"),
         ("task.addition.measure.bins=0", "task.addition.measure.bins"),
-        ("task.reversal.measure.low=1.5", "task.reversal.measure: empty range"),
+        ("task.reversal.measure.low=1.5", "task.reversal.measure.low: empty range"),
         ("archive.alpha=[0.0,0.5]", "archive.alpha"),
     ],
 )
@@ -203,9 +204,7 @@ def test_paper_config_composes_and_validates(tmp_path: Path):
     bad = dict(llama, hidden_size=2048)
     (tmp_path / "os" / "config.json").write_text(json.dumps(bad))
     with pytest.raises(ConfigError, match="experts.paths.os: hidden_size=2048"):
-        from cycleqd.validate import validate
-
-        validate(_compose(*overrides))
+        build(_compose(*overrides))
 
 
 def test_unknown_task_is_named():

@@ -20,7 +20,7 @@ def _run(tmp_path: Path, *overrides: str) -> dict:
     cmd = [sys.executable, "-m", "cycleqd.cli", "run", *overrides, "quiet=true", f"hydra.run.dir={run_dir}"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for f in ("summary.json", "metrics.jsonl", "elites/table.csv", "checkpoint/state.pkl", ".hydra/config.yaml"):
+    for f in ("summary.json", "metrics.jsonl", "elites/table.csv", "checkpoint/state.ckpt", ".hydra/config.yaml"):
         assert (run_dir / f).is_file(), f
     return json.loads((run_dir / "summary.json").read_text())
 
