@@ -106,7 +106,9 @@ def instantiate_node(node: Any, key: str) -> Any:
             raise cause.under(where) from None
         if text.startswith("Error locating target"):
             target = re.search(r"'([^']+)'", text)
-            raise ConfigError(f"{where}._target_", f"cannot import {target.group(1) if target else '?'!r}") from None
+            why = re.search(r"(\w+Error\(.*?\))", str(cause)) if cause else None
+            detail = f" ({why.group(1)})" if why else ""
+            raise ConfigError(f"{where}._target_", f"cannot import {target.group(1) if target else '?'!r}{detail}") from None
         raise ConfigError(where, _one_line(cause or e)) from None
     except ConfigError as e:
         raise e.under(key) from None

@@ -9,6 +9,8 @@ the runner marks with :func:`fault_point`, counts as one *fault point*.
     CYCLEQD_FAULT_LOG=FILE      append the name of every fault point reached to FILE
     CYCLEQD_FAULT_AT=N:kill     SIGKILL this process at the N-th fault point
     CYCLEQD_FAULT_AT=N:enospc   raise "No space left on device" at the N-th fault point
+    CYCLEQD_FAULT_AFTER=NAME    count only from the fault point called NAME on
+                                (``generation 17``, ``final: start``)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any, Callable
 from cycleqd.errors import DamagedFile, WriteFailed
 
 _fault_count = 0
+_fault_armed = False
 
 
 def fault_point(name: str) -> None:
@@ -33,7 +36,10 @@ def fault_point(name: str) -> None:
     log, at = os.environ.get("CYCLEQD_FAULT_LOG"), os.environ.get("CYCLEQD_FAULT_AT")
     if not (log or at):
         return
-    global _fault_count
+    global _fault_count, _fault_armed
+    _fault_armed = _fault_armed or name == os.environ.get("CYCLEQD_FAULT_AFTER", name)
+    if not _fault_armed:
+        return
     _fault_count += 1
     if log:
         with open(log, "a") as f:

@@ -109,7 +109,7 @@ class Run:
     def seed_archives(self) -> None:
         self.experts_opt = {}
         for t, tv in self.experts.items():
-            fault_point("seed: evaluate expert")
+            fault_point(f"seed: evaluate expert {t}")
             self.experts_opt[t] = self.score(tv, "opt")
         ids = self.qd.seed(self.experts, self.experts_opt)
         if not ids:
@@ -137,7 +137,7 @@ class Run:
         limit = getattr(self.c.evaluator, "max_consecutive_failures", None)
         bar = tqdm(total=cfg.generations, initial=qd.generation, desc="cycleqd", disable=cfg.quiet or not sys.stderr.isatty(), dynamic_ncols=True)
         while qd.generation < cfg.generations:
-            fault_point("generation")
+            fault_point(f"generation {qd.generation}")
             t0 = time.perf_counter()
             candidates = qd.ask()
             results = [self.score(c.vector, "opt") for c in candidates]

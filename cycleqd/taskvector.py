@@ -71,11 +71,13 @@ class TaskVector(Mapping[str, Delta]):
     """An immutable mapping from parameter name to its delta (dense tensor or :class:`LowRank`).
 
     Names are the base model's ``state_dict`` keys, so a task vector applies to any
-    model of the same architecture.
+    model of the same architecture. They are kept sorted: operators that draw random
+    numbers per parameter draw them in this order, which must not depend on where the
+    vector came from (safetensors files come back in an order that varies by process).
     """
 
     def __init__(self, deltas: Mapping[str, Delta]) -> None:
-        self._deltas = dict(deltas)
+        self._deltas = {k: deltas[k] for k in sorted(deltas)}
 
     def __getitem__(self, name: str) -> Delta:
         return self._deltas[name]

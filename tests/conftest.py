@@ -29,3 +29,17 @@ def cli_run(tmp_path_factory, cache) -> Path:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "cycleqd (final)" in proc.stdout
     return run_dir
+
+
+LIVELY_GENERATIONS = 25
+
+
+@pytest.fixture(scope="session")
+def lively_run(tmp_path_factory, cache) -> Path:
+    """An uninterrupted run of the lively tiny setup: the reference the crash tests compare to."""
+    from tests.runs import cli
+    from tests.tiny import lively_overrides
+
+    run_dir = tmp_path_factory.mktemp("lively") / "reference"
+    cli("run", *lively_overrides(cache, LIVELY_GENERATIONS), "checkpoint_every=4", f"hydra.run.dir={run_dir}")
+    return run_dir

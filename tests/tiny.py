@@ -36,3 +36,26 @@ def tiny_overrides(cache: Path, generations: int = 4, tasks: tuple[str, ...] = T
 def compose_tiny(cache: Path, *extra: str, generations: int = 4):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose("config", overrides=tiny_overrides(cache, generations) + list(extra))
+
+
+def lively_overrides(cache: Path, generations: int = 24) -> list[str]:
+    """The tiny setup trained a little longer, with partial-credit tasks and bold operators:
+    its archives keep replacing and evicting elites (what crash and resume tests need)."""
+    out = tiny_overrides(cache, generations)
+    out = [o for o in out if not o.startswith(("model.pretrain.steps", "experts.recipe.training.steps", "checkpoint_every"))]
+    out += [
+        "model.pretrain.steps=150",
+        "experts.recipe.training.steps=40",
+        "experts.recipe.training.lr=3e-3",
+        "checkpoint_every=5",
+        "crossover=cycleqd_layer",
+        "crossover.sigma=0.3",
+        "mutation.scale=1.0",
+        "baselines.ties.scales=[1.0]",
+        "baselines.dare_linear.scales=[]",
+        "baselines.dare_ties.scales=[]",
+        "baselines.breadcrumbs.scales=[]",
+    ]
+    for t, cls in (("addition", "PartialAddition"), ("reversal", "PartialReversal"), ("sorting", "PartialSorting")):
+        out += [f"task.{t}._target_=tests.plugins.partial_tasks.{cls}", f"task.{t}.measure.low=0.0", f"task.{t}.measure.high=1.0"]
+    return out
