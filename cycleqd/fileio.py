@@ -111,12 +111,11 @@ def remove(path: str | Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def remove_temporaries(root: str | Path) -> None:
+    """Delete the temporary files that writes killed before their rename left under ``root``."""
+    for p in Path(root).rglob(".*.tmp"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
 
 
 def read_json(path: str | Path, what: str = "file") -> Any:

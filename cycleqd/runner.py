@@ -29,7 +29,7 @@ from cycleqd.errors import ConfigError, DamagedFile, EvaluationFailed, RunInterr
 from cycleqd.evaluation import ResidentModel
 from cycleqd.evolve import CycleQD
 from cycleqd.experts import expert_vectors, locate_models
-from cycleqd.fileio import fault_point, read_json, remove, write_json, write_text
+from cycleqd.fileio import fault_point, read_json, remove, remove_temporaries, write_json, write_text
 from cycleqd.lock import RunLock
 from cycleqd.models import HFTextModel, default_device, load_model
 from cycleqd.mutation import expert_svds
@@ -280,6 +280,7 @@ def run(cfg: DictConfig, run_dir: str | Path, resume: bool = False, write_config
     run_dir = Path(run_dir)
     components = build(cfg)
     with RunLock(run_dir), Stop() as stop:
+        remove_temporaries(run_dir)
         ckpt, summary = prior_state(run_dir)
         if ckpt is not None and not resume:
             raise ConfigError(

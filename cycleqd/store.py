@@ -115,7 +115,7 @@ class EliteStore:
         self.checksums.update(manifest)
 
     def collect(self, keep: Iterable[int]) -> None:
-        """Delete the files of every elite not in ``keep`` and any temporary file left by a crash."""
+        """Delete the files of every elite not in ``keep``."""
         keep = set(keep)
         for i in self.ids() - keep:
             for name in self.files(i):
@@ -124,6 +124,4 @@ class EliteStore:
         for p in self.root.glob("elite-*.json"):  # a record whose tensor file never landed
             if int(p.stem.split("-")[1]) not in keep:
                 remove(p)
-        for p in self.root.glob(".elite-*.tmp"):
-            p.unlink(missing_ok=True)
 

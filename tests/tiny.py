@@ -59,3 +59,8 @@ def lively_overrides(cache: Path, generations: int = 24) -> list[str]:
     for t, cls in (("addition", "PartialAddition"), ("reversal", "PartialReversal"), ("sorting", "PartialSorting")):
         out += [f"task.{t}._target_=tests.plugins.partial_tasks.{cls}", f"task.{t}.measure.low=0.0", f"task.{t}.measure.high=1.0"]
     return out
+
+
+def compose_lively(cache: Path, *extra: str, generations: int = 10):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("config", overrides=lively_overrides(cache, generations) + list(extra))

@@ -1,0 +1,56 @@
+"""Plugins that misbehave on purpose: a task that raises, returns NaN, inf or 1.7, or
+hangs, and a mutation that makes NaN weights. ``FAULTY=<mode>:<every>:<split>`` in the
+environment switches the task's misbehaviour on for every ``every``-th evaluation on
+``split`` (kept out of the config so the embedded cache key does not change with it)."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from cycleqd.mutation import SVDMutation
+from cycleqd.taskvector import TaskVector
+from tests.plugins.partial_tasks import PartialSorting
+
+
+@dataclass
+class FaultySorting(PartialSorting):
+    calls: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def evaluate(self, model, split: str = "opt") -> float:
+        value = super().evaluate(model, split)
+        spec = os.environ.get("FAULTY")
+        if not spec:
+            return value
+        mode, every, on = spec.split(":")
+        if split != on:
+            return value
+        n = self.calls[split] = self.calls.get(split, 0) + 1
+        if n % int(every):
+            return value
+        if mode == "raise":
+            raise RuntimeError(f"plugin bug on call {n}\nsecond line of the message")
+        if mode == "hang":
+            time.sleep(3600)
+        return {"nan": float("nan"), "inf": float("inf"), "big": 1.7, "none": None}[mode]
+
+
+@dataclass(frozen=True)
+class NaNMutation(SVDMutation):
+    """SVD mutation whose every ``every``-th child holds a NaN."""
+
+    every: int = 3
+
+    def __call__(self, child, svds, gen):
+        out = super().__call__(child, svds, gen)
+        count = getattr(self, "_count", 0) + 1
+        object.__setattr__(self, "_count", count)
+        if count % self.every:
+            return out
+        name = next(iter(out))
+        d = out[name].clone() if isinstance(out[name], torch.Tensor) else out[name].dense()
+        d.view(-1)[0] = float("nan")
+        return TaskVector({**dict(out), name: d})
