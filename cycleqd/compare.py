@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from cycleqd.fileio import write_text
+from cycleqd.fileio import read_json, write_text
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -32,10 +32,12 @@ def compare(root: str | Path) -> tuple[list[str], list[list[Any]]]:
     runs = find_runs(Path(root))
     if not runs:
         raise FileNotFoundError(f"no finished runs (summary.json + .hydra/config.yaml) under {str(root)!r}")
-    configs = [_flatten(OmegaConf.to_container(OmegaConf.load(r / ".hydra" / "config.yaml"))) for r in runs]
+    from cycleqd.runner import load_config
+
+    configs = [_flatten(OmegaConf.to_container(load_config(r))) for r in runs]
     keys = sorted({k for c in configs for k in c})
     differing = [k for k in keys if len({json.dumps(c.get(k), default=str) for c in configs}) > 1]
-    summaries = [json.loads((r / "summary.json").read_text()) for r in runs]
+    summaries = [read_json(r / "summary.json", "summary") for r in runs]
     tasks = summaries[0]["tasks"]
     header = ["run", *differing, *[f"final_{t}" for t in tasks], "final_mean", "best_expert_mean"]
     baselines = sorted({b for s in summaries for b in s["baselines"]})

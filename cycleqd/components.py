@@ -122,14 +122,36 @@ def _one_line(e: BaseException) -> str:
 
 
 def _setting(cfg: DictConfig, key: str) -> Any:
+    from omegaconf.errors import MissingMandatoryValue
+
     try:
         return OmegaConf.select(cfg, key, throw_on_missing=True)
+    except MissingMandatoryValue:
+        raise ConfigError(key, "must be set (the config leaves it ???)") from None
     except Exception as e:
         raise ConfigError(key, _one_line(e)) from None
 
 
+def check_resolvable(cfg: DictConfig) -> None:
+    """Every interpolation of the config (``${...}``) resolves."""
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+    for key in cfg:
+        if key == "hydra":
+            continue
+        try:
+            node = cfg[key]
+            if isinstance(node, (DictConfig, ListConfig)):
+                OmegaConf.to_container(node, resolve=True)
+        except MissingMandatoryValue:
+            continue  # a required value left ???: named where it is read
+        except OmegaConfBaseException as e:
+            raise ConfigError(getattr(e, "full_key", None) or str(key), _one_line(e)) from None
+
+
 def check_settings(cfg: DictConfig) -> list[str]:
     """The top-level scalars: types and ranges. Returns warnings (a device this machine lacks)."""
+    check_resolvable(cfg)
     unknown = [k for k in cfg if k not in SETTINGS and k not in GROUPS and k != "hydra"]
     if unknown:
         raise ConfigError(str(unknown[0]), "not a cycleqd setting (see `cycleqd run --cfg job` for the keys)")

@@ -69,6 +69,8 @@ class ExpertRecipe:
                 object.__setattr__(self, "training", Training(**self.training))
             except ConfigError as e:
                 raise e.under("training") from None
+            except TypeError as e:
+                raise ConfigError("training", str(e)) from None
 
 
 def _seq_ids(tokenizer, prompt: str, answer: str) -> tuple[list[int], int]:

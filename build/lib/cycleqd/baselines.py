@@ -1,0 +1,52 @@
+"""Static merges of the experts: each configured method's parameters are chosen on the
+opt split from its grid (scale × density × gamma), and the chosen merge is reported on
+the test split. A merge whose evaluation fails is reported as failed."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from cycleqd.components import BaselineSpec
+from cycleqd.merging import Merge
+from cycleqd.protocols import Failure, Result
+from cycleqd.taskvector import TaskVector
+
+
+def mean(scores: Mapping[str, float]) -> float:
+    return sum(scores.values()) / len(scores)
+
+
+def static_merges(
+    experts: Sequence[TaskVector],
+    specs: Mapping[str, BaselineSpec],
+    score: Callable[[TaskVector, str], Result],
+    seed: int,
+) -> tuple[dict[str, dict[str, float]], dict[str, Any], dict[str, str]]:
+    """Test scores of each baseline's chosen merge, the choices, and the failed baselines (name → why)."""
+    out, chosen, failed = {}, {}, {}
+    for name, spec in specs.items():
+        merges = {}
+        for lam, density, gamma in spec.grid:
+            gen = torch.Generator().manual_seed(seed)
+            merges[(lam, density, gamma)] = Merge(spec.method, density=density, gamma=gamma)(experts, [lam] * len(experts), gen)
+        opt = {k: score(tv, "opt") for k, tv in merges.items()}
+        ok = [k for k in spec.grid if not isinstance(opt[k], Failure)]
+        if not ok:
+            failed[name] = f"every grid point failed on opt, e.g. {opt[spec.grid[0]]}"
+            continue
+        best = max(ok, key=lambda k: (mean(opt[k]), -abs(k[0] - 0.5)))
+        test = score(merges[best], "test")
+        if isinstance(test, Failure):
+            failed[name] = f"the chosen merge failed on test: {test}"
+            continue
+        out[name] = dict(test)
+        chosen[name] = {
+            "method": spec.method,
+            "scale": best[0],
+            "density": best[1] if spec.method != "linear" else None,
+            "gamma": best[2] if spec.method == "breadcrumbs" else None,
+            "opt_mean": {str(k): (mean(v) if not isinstance(v, Failure) else None) for k, v in opt.items()},
+        }
+    return out, chosen, failed

@@ -1,0 +1,329 @@
+"""The ``cycleqd`` command.
+
+    cycleqd run [hydra overrides]      run CycleQD (``-m`` for a multirun sweep; dry_run=true: check only)
+    cycleqd resume RUN_DIR [key=value] continue a run from its checkpoint (e.g. generations=600)
+    cycleqd show RUN_DIR               print a run's summary as a table
+    cycleqd compare SWEEP_DIR          one table across a sweep's runs (also written as compare.csv)
+    cycleqd select RUN_DIR --strategy best|pareto|topk|final|cell
+    cycleqd export RUN_DIR --elite ID|best:TASK|final --format hf|peft --out DIR [--rank R]
+    cycleqd evaluate MODEL_DIR [task=[a,b] ...]   score a saved model on tasks (test split)
+    cycleqd baselines [overrides]      the experts and their static merges alone, no evolution
+
+Errors print as one line naming what is wrong (a config key, a file) and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from cycleqd.configs import CONF_DIR, compose, sweep
+from cycleqd.errors import ConfigError, CycleQDError
+
+# Hydra's flags: those that take a value, and those that make it print instead of run.
+_VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c", "--package", "-p", "--experimental-rerun"}
+_PRINT_FLAGS = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--version"}
+
+
+def _split_hydra_args(args: list[str]) -> tuple[dict[str, str | None], list[str]]:
+    flags: dict[str, str | None] = {}
+    overrides = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a.startswith("-") and "=" not in a:
+            if a in _VALUE_FLAGS and i + 1 < len(args):
+                flags[a] = args[i + 1]
+                i += 2
+                continue
+            flags[a] = None
+        else:
+            overrides.append(a)
+        i += 1
+    return flags, overrides
+
+
+def _check_run_args(args: list[str]) -> bool:
+    """Compose and check every job of ``cycleqd run args`` before Hydra creates anything.
+    Returns True when the command was a dry run (nothing more to do)."""
+    from cycleqd.components import build
+    from cycleqd.lock import in_use_message, is_locked
+
+    flags, overrides = _split_hydra_args(args)
+    if any(f in _PRINT_FLAGS for f in flags) or {"--config-path", "-cp", "--config-dir", "-cd", "--experimental-rerun"} & set(flags):
+        return False  # Hydra prints or composes from elsewhere: the job itself checks its config
+    name = flags.get("--config-name") or flags.get("-cn") or "config"
+    multirun = "-m" in flags or "--multirun" in flags
+    jobs = sweep(overrides) if multirun else [overrides]
+    dry = False
+    for job in jobs:
+        cfg = compose(job, config_name=name, hydra_config=not multirun)
+        components = build(cfg)
+        dry = dry or cfg.dry_run
+        if cfg.dry_run:
+            for w in components.warnings:
+                print(f"warning: {w}", file=sys.stderr)
+            print(f"config valid: {len(components.tasks)} tasks {components.names}, {cfg.generations} generations, model {cfg.model.kind}" + (f" ({' '.join(job)})" if multirun else ""))
+        if not multirun:
+            run_dir = Path(cfg.hydra.run.dir)
+            if is_locked(run_dir):
+                from cycleqd.errors import RunInUse
+
+                raise RunInUse(in_use_message(run_dir))
+            if (run_dir / "checkpoint" / "state.ckpt").is_file():
+                raise ConfigError("hydra.run.dir", f"{str(run_dir)!r} already holds a run: resume it with `cycleqd resume {run_dir}` or choose another directory")
+    return dry
+
+
+def _hydra_run(args: list[str]) -> None:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import DictConfig
+
+    if _check_run_args(args):
+        return
+
+    @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+    def app(cfg: DictConfig) -> None:
+        from cycleqd.runner import run
+
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        if cfg.dry_run:
+            from cycleqd.components import build
+
+            build(cfg)
+            print(f"config valid: {list(cfg.task)}")
+            return
+        summary = _guarded("run", lambda: run(cfg, run_dir), run_dir)
+        print(format_summary(summary))
+        print(f"\nrun directory: {run_dir}")
+
+    sys.argv = [sys.argv[0], *args]
+    app()
+
+
+def _guarded(cmd: str, fn, run_dir: Path | None = None):
+    """Run ``fn``; a cycleqd error or an interrupt ends the process with one line."""
+    try:
+        return fn()
+    except CycleQDError as e:
+        print(f"cycleqd {cmd}: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt as e:
+        hint = f"; resume with: cycleqd resume {run_dir}" if run_dir is not None else ""
+        print(f"cycleqd {cmd}: interrupted ({e or 'SIGINT'}) before a safe point, nothing written since the last checkpoint{hint}", file=sys.stderr)
+        sys.exit(130)
+
+
+def _score_cells(s: dict | None, tasks: list[str]) -> str:
+    if not s:
+        return "".join("—".rjust(11) for _ in tasks) + "—".rjust(9)
+    mean = sum(s[t] for t in tasks) / len(tasks)
+    return "".join(f"{100 * s[t]:11.1f}" for t in tasks) + f"{100 * mean:9.1f}"
+
+
+def format_summary(summary: dict) -> str:
+    """The run's scores (held-out test split) as a plain-text table."""
+    tasks = summary["tasks"]
+    rows = [(f"expert: {n}", s) for n, s in summary["experts"].items()]
+    rows += [(f"baseline: {n}", s) for n, s in summary["baselines"].items()]
+    rows.append(("cycleqd (final)", summary["final"]))
+    width = max(len(r[0]) for r in rows) + 2
+    head = "model".ljust(width) + "".join(t[:10].rjust(11) for t in tasks) + "mean".rjust(9)
+    lines = [head, "-" * len(head)]
+    lines += [name.ljust(width) + _score_cells(s, tasks) for name, s in rows]
+    lines.append("")
+    lines.append(f"generations {summary['generations']}, evaluations {summary['evaluations']}, wall time {summary['wall_time_s']:.0f}s")
+    failures = summary.get("failures") or {}
+    if failures.get("count"):
+        lines.append(f"failed evaluations {failures['count']}: " + ", ".join(f"{k} {v}" for k, v in failures["by_reason"].items()))
+    for what, why in (summary.get("failed") or {}).items():
+        lines.append(f"FAILED {what}: {why}")
+    lines.append("archive".ljust(width) + "coverage".rjust(11) + "qd_score".rjust(11) + "best".rjust(9) + "elites".rjust(9))
+    for t, a in summary["archives"].items():
+        lines.append(t.ljust(width) + f"{a['coverage']:11.3f}{a['qd_score']:11.2f}{100 * a['best']:9.1f}{a['num_elites']:9d}")
+    return "\n".join(lines)
+
+
+def _show(run_dir: str) -> None:
+    from cycleqd.fileio import read_json
+
+    path = Path(run_dir) / "summary.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir!r} has no summary.json (not a finished run directory)")
+    summary = read_json(path, "summary")
+    try:
+        print(format_summary(summary))
+    except (KeyError, TypeError, ValueError) as e:
+        from cycleqd.errors import DamagedFile
+
+        raise DamagedFile(path, f"not a cycleqd summary ({type(e).__name__}: {e})") from None
+
+
+def _compare(sweep_dir: str, csv_path: str | None) -> None:
+    from cycleqd.compare import compare, format_table, write_csv
+
+    header, rows = compare(sweep_dir)
+    print(format_table(header, rows))
+    out = Path(csv_path) if csv_path else Path(sweep_dir) / "compare.csv"
+    write_csv(out, header, rows)
+    print(f"\nwritten: {out}")
+
+
+def _select(args) -> None:
+    from cycleqd.rundata import load_run
+    from cycleqd.select import select_elites
+
+    run = load_run(args.run_dir)
+    cell = tuple(int(c) for c in args.cell.split(",")) if args.cell else None
+    table = select_elites(run, args.strategy, k=args.k, archive=args.archive, cell=cell)
+    cols = ["id", "archive", "cell", *[f"score_{t}" for t in run.tasks], "mean_score", "generation"]
+    cols += [c for c in ("chosen_for", "weight") if c in table.columns]
+    print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+def _baselines(overrides: list[str]) -> None:
+    import tempfile
+
+    from cycleqd.baselines import static_merges
+    from cycleqd.protocols import Failure
+    from cycleqd.runner import Run
+
+    cfg = compose(overrides)
+    with tempfile.TemporaryDirectory() as tmp:
+        r = Run(cfg, Path(tmp))
+        r.setup()
+        baselines, chosen, failed = static_merges([r.experts[t] for t in r.names], r.c.baselines, r.score, cfg.seed)
+        experts = {t: r.score(tv, "test") for t, tv in r.experts.items()}
+    tasks = r.names
+    width = max(len(n) for n in [*experts, *baselines, *failed]) + 12
+    print("model".ljust(width) + "".join(t[:10].rjust(11) for t in tasks) + "mean".rjust(9) + "  chosen on opt")
+    for name, s in experts.items():
+        cells = _score_cells(None if isinstance(s, Failure) else s, tasks)
+        print(f"expert: {name}".ljust(width) + cells + (f"  FAILED {s}" if isinstance(s, Failure) else ""))
+    for name, s in baselines.items():
+        pick = chosen.get(name, {})
+        note = ", ".join(f"{k}={v}" for k, v in pick.items() if k in ("scale", "density", "gamma") and v is not None)
+        print(f"baseline: {name}".ljust(width) + _score_cells(s, tasks) + f"  {note}")
+    for name, why in failed.items():
+        print(f"baseline: {name}".ljust(width) + _score_cells(None, tasks) + f"  FAILED {why}")
+
+
+def _evaluate(model_dir: str, overrides: list[str], split: str) -> None:
+    from cycleqd.components import build_tasks
+    from cycleqd.evaluation import evaluate_model
+
+    cfg = compose(overrides)
+    scores = evaluate_model(model_dir, build_tasks(cfg), split, batch_size=cfg.eval_batch_size)
+    for task, score in scores.items():
+        print(f"{task:20s}{100 * score:8.1f}")
+    print(json.dumps(scores))
+
+
+def _resume(run_dir: str, overrides: list[str]) -> None:
+    from omegaconf import OmegaConf
+
+    from cycleqd.runner import load_config, run
+
+    cfg = load_config(run_dir)
+    if overrides:
+        bad = [o for o in overrides if "=" not in o or o.startswith(("+", "~"))]
+        if bad:
+            raise ConfigError(bad[0].split("=", 1)[0], f"resume takes key=value overrides, got {bad[0]!r}")
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+        except Exception as e:
+            raise ConfigError(overrides[0].split("=", 1)[0], f"cannot apply the overrides {overrides} ({str(e).splitlines()[0]})") from None
+    summary = _guarded("resume", lambda: run(cfg, Path(run_dir), resume=True, write_config=bool(overrides)), Path(run_dir))
+    print(format_summary(summary))
+
+
+def _parser(cmd: str, rest: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=f"cycleqd {cmd}")
+    if cmd in ("show", "resume", "select", "export"):
+        parser.add_argument("run_dir")
+    if cmd == "resume":
+        parser.add_argument("overrides", nargs="*", help="key=value changes, e.g. generations=600")
+    elif cmd == "compare":
+        parser.add_argument("sweep_dir")
+        parser.add_argument("--csv", default=None, help="where to write the CSV (default SWEEP_DIR/compare.csv)")
+    elif cmd == "select":
+        parser.add_argument("--strategy", default="best", help="best | pareto | topk | final | cell")
+        parser.add_argument("--k", type=int, default=5, help="how many, for topk")
+        parser.add_argument("--archive", help="archive (task) name, for cell")
+        parser.add_argument("--cell", help="cell indices, e.g. 3,7, for cell")
+    elif cmd == "export":
+        parser.add_argument("--elite", required=True, help="an elite id, best:<task> or final")
+        parser.add_argument("--format", default="hf", choices=["hf", "peft"])
+        parser.add_argument("--out", required=True)
+        parser.add_argument("--rank", type=int, default=None, help="LoRA rank for full-weight elites (peft)")
+    elif cmd == "evaluate":
+        parser.add_argument("model_dir")
+        parser.add_argument("overrides", nargs="*", help="Hydra overrides choosing the tasks, e.g. task=[addition,sorting]")
+        parser.add_argument("--split", default="test", choices=["opt", "test"])
+    return parser.parse_args(rest)
+
+
+def _export(args) -> None:
+    from cycleqd.export import export
+
+    out = export(args.run_dir, args.elite, args.format, args.out, args.rank)
+    print(f"written: {out}")
+    kept = json.loads((Path(out) / "cycleqd.json").read_text()).get("scores_truncated")
+    if kept:
+        print("scores the rank-%d adapter keeps (opt split): %s" % (args.rank, {t: round(v, 4) for t, v in kept.items()}))
+
+
+COMMANDS = ("run", "resume", "show", "compare", "select", "export", "evaluate", "baselines")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    os.environ.setdefault("WANDB_SILENT", "true")
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return
+    cmd, rest = argv[0], argv[1:]
+    if cmd not in COMMANDS:
+        raise SystemExit(f"cycleqd: unknown command {cmd!r} ({', '.join(COMMANDS)})")
+    if cmd != "run":
+        logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    try:
+        if cmd == "run":
+            _hydra_run(rest)
+        elif cmd == "baselines":
+            _baselines(rest)
+        else:
+            args = _parser(cmd, rest)
+            if cmd == "show":
+                _show(args.run_dir)
+            elif cmd == "resume":
+                _resume(args.run_dir, args.overrides)
+            elif cmd == "compare":
+                _compare(args.sweep_dir, args.csv)
+            elif cmd == "select":
+                _select(args)
+            elif cmd == "export":
+                _export(args)
+            elif cmd == "evaluate":
+                _evaluate(args.model_dir, args.overrides, args.split)
+    except CycleQDError as e:
+        print(f"cycleqd {cmd}: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except (FileNotFoundError, FileExistsError, KeyError, ValueError) as e:
+        if cmd not in ("show", "compare", "select", "export", "evaluate", "resume"):
+            raise
+        # Expected user errors of the reading commands (a wrong path, an unknown elite).
+        print(f"cycleqd {cmd}: {e.args[0] if e.args else e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print(f"cycleqd {cmd}: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""``cycleqd compare SWEEP_DIR``: one table across the runs of a sweep (or any folder of runs)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from cycleqd.fileio import read_json, write_text
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+        out[prefix[:-1]] = json.dumps(d) if isinstance(d, list) else d
+    return out
+
+
+def find_runs(root: Path) -> list[Path]:
+    return sorted({p.parent for p in Path(root).rglob("summary.json") if (p.parent / ".hydra" / "config.yaml").is_file()})
+
+
+def compare(root: str | Path) -> tuple[list[str], list[list[Any]]]:
+    """Header and rows: the config keys that differ between runs, then scores and archive stats."""
+    runs = find_runs(Path(root))
+    if not runs:
+        raise FileNotFoundError(f"no finished runs (summary.json + .hydra/config.yaml) under {str(root)!r}")
+    from cycleqd.runner import load_config
+
+    configs = [_flatten(OmegaConf.to_container(load_config(r))) for r in runs]
+    keys = sorted({k for c in configs for k in c})
+    differing = [k for k in keys if len({json.dumps(c.get(k), default=str) for c in configs}) > 1]
+    summaries = [read_json(r / "summary.json", "summary") for r in runs]
+    tasks = summaries[0]["tasks"]
+    header = ["run", *differing, *[f"final_{t}" for t in tasks], "final_mean", "best_expert_mean"]
+    baselines = sorted({b for s in summaries for b in s["baselines"]})
+    header += [f"{b}_mean" for b in baselines] + ["coverage_mean", "qd_score_sum", "generations"]
+    rows = []
+    for r, c, s in zip(runs, configs, summaries):
+        mean = lambda d: sum(d[t] for t in tasks) / len(tasks)  # noqa: E731
+        row = [str(r.relative_to(root)) or "."] + [c.get(k) for k in differing]
+        row += [s["final"][t] for t in tasks] + [mean(s["final"]), max(mean(e) for e in s["experts"].values())]
+        row += [mean(s["baselines"][b]) if b in s["baselines"] else None for b in baselines]
+        arch = s["archives"].values()
+        row += [sum(a["coverage"] for a in arch) / len(arch), sum(a["qd_score"] for a in arch), s["generations"]]
+        rows.append(row)
+    return header, rows
+
+
+def format_table(header: list[str], rows: list[list[Any]]) -> str:
+    cells = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows(rows)
+    write_text(path, buf.getvalue())

@@ -1,0 +1,152 @@
+"""Evaluation: candidates are written into one resident model in place, and the
+task plugins score it through the :class:`~cycleqd.protocols.TextModel` interface only."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import numbers
+import signal
+import threading
+from typing import Iterator, Sequence
+
+import torch
+
+from cycleqd.errors import ConfigError, EvaluationFailed
+from cycleqd.protocols import Failure, Result, Task, TextModel
+from cycleqd.taskvector import LowRank, TaskVector
+
+
+class ResidentModel:
+    """A model kept in memory with a copy of its base weights for the parameters that
+    task vectors touch; :meth:`applied` writes ``θ0 + τ`` in place and restores ``θ0``.
+
+    Args:
+        model: The base model (already on its device).
+        names: Parameters that any task vector may touch (their base values are copied once).
+    """
+
+    def __init__(self, model: torch.nn.Module, names: Sequence[str]) -> None:
+        self.model = model
+        params = dict(model.named_parameters())
+        unknown = [n for n in names if n not in params]
+        if unknown:
+            raise ValueError(f"task vectors name parameters the base model lacks: {unknown[:5]}")
+        self.params = {n: params[n] for n in names}
+        self.base = {n: p.detach().clone() for n, p in self.params.items()}
+
+    @torch.no_grad()
+    def _write(self, tv: TaskVector | None) -> None:
+        touched = set() if tv is None else set(tv)
+        for name, p in self.params.items():
+            if name not in touched:
+                p.copy_(self.base[name])
+        if tv is None:
+            return
+        for name, d in tv.items():
+            if name not in self.params:
+                raise KeyError(f"task vector touches {name!r}, which the resident model does not track")
+            p = self.params[name]
+            # Accumulate in float32 and cast once: bf16/fp16 models lose small deltas otherwise.
+            delta = (d.B.to(p.device) @ d.A.to(p.device)) if isinstance(d, LowRank) else d.to(p.device)
+            p.copy_((self.base[name].float() + delta.float()).to(p.dtype))
+
+    @contextlib.contextmanager
+    def applied(self, tv: TaskVector | None) -> Iterator[torch.nn.Module]:
+        """Within the block the model holds ``θ0 + tv``; afterwards exactly ``θ0`` again."""
+        self._write(tv)
+        try:
+            yield self.model
+        finally:
+            self._write(None)
+
+
+class EvaluationTimeout(BaseException):
+    """Raised inside a task that ran past its time limit. A BaseException, so that a
+    plugin's own ``except Exception`` cannot swallow it."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float | None) -> Iterator[None]:
+    """Raise :class:`EvaluationTimeout` in the block after ``seconds`` (SIGALRM).
+
+    Only the main thread receives signals: elsewhere the block runs unlimited.
+    A task stuck in native code that never returns to Python is not interrupted.
+    """
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise EvaluationTimeout()
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _one_line(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}".strip().splitlines()
+    line = text[0] if text else type(e).__name__
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def score_tasks(model: TextModel, tasks: Sequence[Task], split: str, timeout_s: float | None = None) -> Result:
+    """Each task's score of ``model`` on ``split``, or the :class:`Failure` of the first task
+    that raises, runs past ``timeout_s`` seconds, or returns something other than a
+    finite number in [0, 1]."""
+    scores = {}
+    for t in tasks:
+        try:
+            with deadline(timeout_s):
+                value = t.evaluate(model, split)
+        except EvaluationTimeout:
+            return Failure("timeout", t.name, f"no score after evaluator.timeout_s={timeout_s:g} seconds")
+        except Exception as e:
+            return Failure("raised", t.name, _one_line(e))
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return Failure("out_of_range", t.name, f"returned {value!r} ({type(value).__name__}), not a number in [0, 1]")
+        value = float(value)
+        if not math.isfinite(value):
+            return Failure("nonfinite_score", t.name, f"returned {value}")
+        if not 0.0 <= value <= 1.0:
+            return Failure("out_of_range", t.name, f"returned {value:g}, outside [0, 1]")
+        scores[t.name] = value
+    return scores
+
+
+class LocalEvaluator:
+    """Scores a text model on each task in this process (batched generation, CUDA when present).
+
+    Args:
+        timeout_s: Seconds one task may take to score one model before the model counts
+            as a failed evaluation (``None``: no limit).
+        max_consecutive_failures: Failed evaluations in a row after which the run stops
+            at a checkpoint with an error naming the last failure.
+    """
+
+    def __init__(self, *, timeout_s: float | None = 3600.0, max_consecutive_failures: int = 20) -> None:
+        if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(timeout_s, numbers.Real) or timeout_s <= 0):
+            raise ConfigError("timeout_s", f"must be a positive number of seconds or null, got {timeout_s!r}")
+        if isinstance(max_consecutive_failures, bool) or not isinstance(max_consecutive_failures, int) or max_consecutive_failures < 1:
+            raise ConfigError("max_consecutive_failures", f"must be a positive integer, got {max_consecutive_failures!r}")
+        self.timeout_s = None if timeout_s is None else float(timeout_s)
+        self.max_consecutive_failures = max_consecutive_failures
+
+    def __call__(self, model: TextModel, tasks: Sequence[Task], split: str) -> Result:
+        return score_tasks(model, tasks, split, self.timeout_s)
+
+
+def evaluate_model(model_dir, tasks: Sequence[Task], split: str = "test", *, batch_size: int = 256, device=None) -> dict[str, float]:
+    """Scores of a saved transformers model (an exported elite, say) on ``tasks``, new ones included."""
+    from cycleqd.models import HFTextModel, load_model
+
+    model, tokenizer = load_model(model_dir, device)
+    result = LocalEvaluator(timeout_s=None)(HFTextModel(model, tokenizer, batch_size=batch_size), tasks, split)
+    if isinstance(result, Failure):
+        raise EvaluationFailed(f"evaluation of {str(model_dir)!r} failed: {result}")
+    return dict(result)

@@ -1,0 +1,187 @@
+"""The CycleQD loop, in pyribs' ask → evaluate → tell form.
+
+    for g in 0..G−1:
+        q = tasks[g mod K]                           # quality task of this generation
+        parents ← 2 elites of archive q (elite sampling)
+        child  ← mutation(crossover(parents), SVD of expert q's task vector)
+        scores ← evaluate(θ0 + child) on every task  (optimisation split)
+        offer the child to every archive
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Mapping, Protocol, Sequence
+
+import numpy as np
+import torch
+
+from cycleqd.archives import CyclicArchives
+from cycleqd.mutation import SVD
+from cycleqd.protocols import Failure, Result
+from cycleqd.store import EliteRecord
+from cycleqd.taskvector import TaskVector
+
+
+class Population(Protocol):
+    """Where elites' task vectors live (:class:`cycleqd.store.EliteStore`, or a dict-backed fake)."""
+
+    def put(self, tv: TaskVector, record: EliteRecord) -> None: ...
+
+    def get(self, elite_id: int) -> TaskVector: ...
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One child to evaluate: its id, lineage and task vector."""
+
+    id: int
+    generation: int
+    quality_task: str
+    parents: tuple[int, ...]
+    vector: TaskVector
+
+
+class CycleQD:
+    """Asks for children of the current quality archive and tells their scores to all archives.
+
+    ``ask`` and ``tell`` must alternate; results go back in the order ``ask`` gave them,
+    so candidates can be evaluated in batches or in parallel without changing this class.
+    All state is in memory except the task vectors of the elites, which go to
+    ``store`` when an archive keeps them; nothing is ever deleted here (the runner
+    collects dead elites after a checkpoint that no longer names them).
+
+    Args:
+        archives: The K archives.
+        store: Where elite task vectors live.
+        crossover: ``(parents, generator) -> child``.
+        mutation: ``(child, svds, generator) -> child``.
+        expert_svds: Per task, the SVDs of that task's expert task vector (mutation directions).
+        children_per_generation: Children asked per generation (the paper: 1).
+        seed: Seed of parent sampling and of the operators.
+    """
+
+    def __init__(
+        self,
+        *,
+        archives: CyclicArchives,
+        store: Population,
+        crossover,
+        mutation,
+        expert_svds: Mapping[str, Mapping[str, SVD]],
+        children_per_generation: int = 1,
+        seed: int = 0,
+    ) -> None:
+        if children_per_generation < 1:
+            raise ValueError(f"children_per_generation must be >= 1, got {children_per_generation}")
+        self.archives = archives
+        self.store = store
+        self.crossover = crossover
+        self.mutation = mutation
+        self.expert_svds = expert_svds
+        self.children_per_generation = children_per_generation
+        self.rng = np.random.default_rng(seed)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.generation = 0
+        self.next_id = 0
+        self.evaluations = 0
+        self.failures: Counter[str] = Counter()
+        self.consecutive_failures = 0
+        self._asked: list[Candidate] | None = None
+
+    # -- seeding ------------------------------------------------------------------
+    def seed(self, vectors: Mapping[str, TaskVector], results: Mapping[str, Result], origin: str = "expert") -> dict[str, int]:
+        """Offer each model to every archive (generation −1); returns name → id of the
+        models that were scored (a :class:`Failure` result is counted, not offered)."""
+        ids = {}
+        for name, tv in vectors.items():
+            i = self._new_id()
+            self.evaluations += 1
+            if self._offer(i, tv, results[name], -1, f"{origin}:{name}", ()):
+                ids[name] = i
+        return ids
+
+    def _new_id(self) -> int:
+        i = self.next_id
+        self.next_id += 1
+        return i
+
+    def _offer(self, i: int, tv: TaskVector, result: Result, generation: int, origin: str, parents: tuple[int, ...]):
+        """Offer one evaluated model to every archive and store it if one keeps it.
+        Returns pyribs' add status per archive, or None for a failed evaluation."""
+        if isinstance(result, Failure):
+            self.failures[result.reason] += 1
+            self.consecutive_failures += 1
+            return None
+        self.consecutive_failures = 0
+        missing = [t for t in self.archives.tasks if t not in result]
+        if missing:
+            raise ValueError(f"model {i}: no score for tasks {missing}")
+        status = self.archives.add(i, result, generation)
+        if any(s > 0 for s in status.values()):
+            self.store.put(tv, EliteRecord(i, generation, origin, parents, dict(result)))
+        return status
+
+    # -- ask / tell ---------------------------------------------------------------
+    def ask(self) -> list[Candidate]:
+        if self._asked is not None:
+            raise RuntimeError("ask() called twice without tell(): evaluate the asked candidates first")
+        q = self.archives.quality_task(self.generation)
+        out = []
+        for _ in range(self.children_per_generation):
+            picks = self.archives.sample_parents(q, 2, self.rng)
+            parents = [self.store.get(p.id) for p in picks]
+            child = self.crossover(parents, self.gen)
+            child = self.mutation(child, self.expert_svds[q], self.gen)
+            out.append(Candidate(self._new_id(), self.generation, q, tuple(p.id for p in picks), child))
+        self._asked = out
+        return out
+
+    def tell(self, candidates: Sequence[Candidate], results: Sequence[Result]) -> list[dict[str, int] | None]:
+        """Offer each evaluated candidate to every archive; a :class:`Failure` is counted
+        and offered nowhere. Returns pyribs' add status per archive (None for a failure)."""
+        if self._asked is None:
+            raise RuntimeError("tell() called without ask()")
+        if [c.id for c in candidates] != [c.id for c in self._asked]:
+            raise ValueError("tell() must receive the candidates of the last ask(), in the same order")
+        if len(results) != len(candidates):
+            raise ValueError(f"{len(candidates)} candidates but {len(results)} score records")
+        for c, r in zip(candidates, results):
+            if not isinstance(r, Failure):
+                missing = [t for t in self.archives.tasks if t not in r]
+                if missing:
+                    raise ValueError(f"candidate {c.id}: no score for tasks {missing}")
+        statuses = [
+            self._offer(c.id, c.vector, r, c.generation, f"child:{c.quality_task}", c.parents)
+            for c, r in zip(candidates, results)
+        ]
+        self.evaluations += len(candidates)
+        self.generation += 1
+        self._asked = None
+        return statuses
+
+    # -- checkpointing ------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        if self._asked is not None:
+            raise RuntimeError("cannot checkpoint between ask() and tell()")
+        return {
+            "archives": self.archives,
+            "rng": self.rng.bit_generator.state,
+            "gen": self.gen.get_state(),
+            "generation": self.generation,
+            "next_id": self.next_id,
+            "evaluations": self.evaluations,
+            "failures": dict(self.failures),
+            "consecutive_failures": self.consecutive_failures,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.archives = state["archives"]
+        self.rng.bit_generator.state = state["rng"]
+        self.gen.set_state(state["gen"])
+        self.generation = state["generation"]
+        self.next_id = state["next_id"]
+        self.evaluations = state["evaluations"]
+        self.failures = Counter(state.get("failures", {}))
+        self.consecutive_failures = state.get("consecutive_failures", 0)

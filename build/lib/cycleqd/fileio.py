@@ -1,0 +1,158 @@
+"""Durable files: every file cycleqd writes goes temp → fsync → rename → fsync of the
+directory, so a crash leaves either the old file or the new one, never half of one; a
+failed write (a full disk) removes its temporary file and raises :class:`WriteFailed`
+naming the path.
+
+Fault injection, for the crash tests: each step of a write or a delete, and each point
+the runner marks with :func:`fault_point`, counts as one *fault point*.
+
+    CYCLEQD_FAULT_LOG=FILE      append the name of every fault point reached to FILE
+    CYCLEQD_FAULT_AT=N:kill     SIGKILL this process at the N-th fault point
+    CYCLEQD_FAULT_AT=N:enospc   raise "No space left on device" at the N-th fault point
+    CYCLEQD_FAULT_AFTER=NAME    count only from the fault point called NAME on
+                                (``generation 17``, ``final: start``)
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from cycleqd.errors import DamagedFile, WriteFailed
+
+_fault_count = 0
+_fault_armed = False
+
+
+def fault_point(name: str) -> None:
+    """Mark a moment at which the crash tests may kill the process (a no-op otherwise)."""
+    log, at = os.environ.get("CYCLEQD_FAULT_LOG"), os.environ.get("CYCLEQD_FAULT_AT")
+    if not (log or at):
+        return
+    global _fault_count, _fault_armed
+    _fault_armed = _fault_armed or name == os.environ.get("CYCLEQD_FAULT_AFTER", name)
+    if not _fault_armed:
+        return
+    _fault_count += 1
+    if log:
+        with open(log, "a") as f:
+            f.write(f"{_fault_count} {name}\n")
+    if at:
+        n, action = at.split(":")
+        if _fault_count == int(n):
+            if action == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            elif action == "enospc":
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes(path: str | Path, data: bytes) -> str:
+    """Write ``data`` to ``path`` durably and atomically; returns its SHA-256 (hex).
+
+    Raises:
+        WriteFailed: the file could not be written; ``path`` is left as it was.
+    """
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            half = len(data) // 2
+            f.write(data[:half])
+            f.flush()
+            fault_point(f"write {path.name}: half written")
+            f.write(data[half:])
+            f.flush()
+            os.fsync(f.fileno())
+        fault_point(f"write {path.name}: before rename")
+        os.replace(tmp, path)
+        tmp = None
+        fault_point(f"write {path.name}: after rename")
+        fsync_dir(path.parent)
+    except OSError as e:
+        if isinstance(e, WriteFailed):
+            raise
+        raise WriteFailed(path, e) from e
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_text(path: str | Path, text: str) -> str:
+    return write_bytes(path, text.encode())
+
+
+def write_json(path: str | Path, obj: Any) -> str:
+    return write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def remove(path: str | Path) -> None:
+    """Delete a file if it exists (a fault point, for the crash tests)."""
+    path = Path(path)
+    if path.exists():
+        fault_point(f"delete {path.name}")
+        path.unlink(missing_ok=True)
+
+
+def remove_temporaries(root: str | Path) -> None:
+    """Delete the temporary files that writes killed before their rename left under ``root``."""
+    for p in Path(root).rglob(".*.tmp"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+
+
+def read_json(path: str | Path, what: str = "file") -> Any:
+    """Parse a JSON file cycleqd wrote.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        DamagedFile: it exists but is not valid JSON (truncated, say).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} at {str(path)!r}")
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DamagedFile(path, f"not valid JSON ({e})") from None
+
+
+def build_atomically(target: Path, build: Callable[[Path], dict]) -> Path:
+    """Reuse the directory ``target`` if complete, else run ``build(tmp_dir)`` and rename it into place.
+
+    ``build`` returns metadata, written last as ``recipe.json``: its presence marks a
+    complete entry, so an interrupted build never passes for a finished one.
+    """
+    if (target / "recipe.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
+    try:
+        meta = build(tmp)
+        write_json(tmp / "recipe.json", meta)
+        try:
+            tmp.rename(target)
+            fsync_dir(target.parent)
+        except OSError:  # another process finished the same build first
+            if not (target / "recipe.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

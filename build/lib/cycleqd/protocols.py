@@ -1,0 +1,79 @@
+"""The types that the loop and the task plugins share: what a task sees of a model, what
+a task is, the descriptor axis it contributes, and the record of a failed evaluation.
+Task plugins import these; nothing here imports a plugin."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Protocol, Sequence, Union
+
+from cycleqd.checks import check_fields, require
+from cycleqd.errors import ConfigError
+
+
+class TextModel(Protocol):
+    """What a task sees of a model: batched greedy text generation, nothing else."""
+
+    def generate(self, prompts: Sequence[str], *, max_new_tokens: int, stop: Sequence[str] = ()) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class Measure:
+    """The axis a task contributes when it is a behaviour descriptor."""
+
+    low: float = 0.0
+    high: float = 1.0
+    bins: int = 15
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        require(self.bins >= 1, "bins", f"must be >= 1, got {self.bins}")
+        require(self.low < self.high, "low", f"empty range: low={self.low} is not below high={self.high}")
+
+    @classmethod
+    def of(cls, value: "Measure | Mapping[str, Any]") -> "Measure":
+        """A Measure from a config mapping (errors keyed under ``measure``)."""
+        if isinstance(value, Measure):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError("measure", f"must be a mapping with low, high and bins, got {value!r}")
+        unknown = sorted(set(value) - {"low", "high", "bins"})
+        if unknown:
+            raise ConfigError(f"measure.{unknown[0]}", "unknown key (the keys are low, high, bins)")
+        try:
+            return cls(**value)
+        except ConfigError as e:
+            raise e.under("measure") from None
+
+
+class Task(Protocol):
+    """What the loop needs of a task plugin: a name, its descriptor axis, and a
+    deterministic score in [0, 1] of a model on a split (``opt`` or ``test``)."""
+
+    name: str
+    measure: Measure
+
+    def evaluate(self, model: TextModel, split: str = "opt") -> float: ...
+
+    # Optional: ``prepare()`` loads or draws the evaluation data; the config check calls
+    # it before any model is built, so a data error surfaces first.
+
+
+FAILURE_REASONS = ("raised", "nonfinite_score", "out_of_range", "timeout", "nonfinite_weights")
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a model has no scores: the task at fault (None for the model itself), one of
+    :data:`FAILURE_REASONS`, and a one-line message."""
+
+    reason: str
+    task: str | None
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.reason} ({self.task}): {self.message}" if self.task else f"{self.reason}: {self.message}"
+
+
+Scores = Mapping[str, float]
+Result = Union[Scores, Failure]

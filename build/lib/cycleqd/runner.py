@@ -1,0 +1,331 @@
+"""One CycleQD run, from a composed config to the run directory's contract files:
+
+    check every component → lock the run directory → models and experts
+    → seed the archives (or restore the checkpoint) → evolve, committing checkpoints
+    → final model and baselines → heatmaps, elite table, summary
+
+The loop's state lives in memory (:mod:`cycleqd.evolve`); this module commits it. A
+checkpoint names the elite files it needs with their checksums, and an elite file is
+deleted only after a checkpoint that no longer names it is committed, so a run killed
+at any moment resumes to the result an uninterrupted run gives.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from cycleqd import checkpoint
+from cycleqd.baselines import mean, static_merges
+from cycleqd.components import Components, build
+from cycleqd.errors import ConfigError, DamagedFile, EvaluationFailed, RunInterrupted, TooManyFailures
+from cycleqd.evaluation import ResidentModel
+from cycleqd.evolve import CycleQD
+from cycleqd.experts import expert_vectors, locate_models
+from cycleqd.fileio import fault_point, read_json, remove, remove_temporaries, write_json, write_text
+from cycleqd.lock import RunLock
+from cycleqd.models import HFTextModel, default_device, load_model
+from cycleqd.mutation import expert_svds
+from cycleqd.protocols import Failure, Result
+from cycleqd.reports import elite_table, heatmaps
+from cycleqd.select import aggregate_best
+from cycleqd.stopping import Stop
+from cycleqd.store import EliteStore
+from cycleqd.taskvector import TaskVector
+
+log = logging.getLogger(__name__)
+
+
+class Run:
+    """Everything one run holds in memory: its components, the resident model, the experts, the loop.
+
+    Args:
+        cfg: The composed config.
+        run_dir: The run directory.
+        components: ``build(cfg)``, if already built.
+
+    Raises:
+        ConfigError: a bad config value (before any model is loaded).
+    """
+
+    def __init__(self, cfg: DictConfig, run_dir: str | Path, components: Components | None = None) -> None:
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.c = components or build(cfg)
+        if cfg.device and cfg.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError("device", f"{cfg.device!r} requested, but this machine has no CUDA device")
+        self.tasks, self.names = self.c.tasks, self.c.names
+        self.logger = self.c.logger
+        self.store = EliteStore(self.run_dir / "elites")
+        self.experts_opt: dict[str, Result] = {}
+        self.elapsed_before = 0.0
+        self.t_start = time.perf_counter()
+        self.stop = Stop()
+        self.qd: CycleQD | None = None
+
+    # -- models ---------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Build or find the base model and experts, load them, and make the loop."""
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        base_dir, expert_dirs, fmt = locate_models(cfg, self.tasks)
+        self.base_dir = base_dir
+        self.model, tokenizer = load_model(base_dir, cfg.device or default_device())
+        key = "experts.paths" if cfg.experts.kind == "paths" else "experts"
+        self.experts = expert_vectors(self.model, expert_dirs, fmt, key=key)
+        touched = list(dict.fromkeys(n for tv in self.experts.values() for n in tv))
+        self.resident = ResidentModel(self.model, touched)
+        self.text_model = HFTextModel(self.model, tokenizer, batch_size=cfg.eval_batch_size)
+        self.qd = CycleQD(
+            archives=self.c.archives,
+            store=self.store,
+            crossover=self.c.crossover,
+            mutation=self.c.mutation,
+            expert_svds={t: expert_svds(tv) for t, tv in self.experts.items()},
+            children_per_generation=cfg.children_per_generation,
+            seed=cfg.seed,
+        )
+
+    def score(self, tv: TaskVector | None, split: str) -> Result:
+        """Every task's score of ``θ0 + tv`` on ``split``, or the :class:`Failure` that stopped it."""
+        if tv is not None and not tv.is_finite():
+            return Failure("nonfinite_weights", None, "the task vector holds NaN or inf; not evaluated")
+        with self.resident.applied(tv):
+            return self.c.evaluator(self.text_model, self.tasks, split)
+
+    @property
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.t_start
+
+    # -- the loop -------------------------------------------------------------------------
+    def seed_archives(self) -> None:
+        self.experts_opt = {}
+        for t, tv in self.experts.items():
+            fault_point(f"seed: evaluate expert {t}")
+            self.experts_opt[t] = self.score(tv, "opt")
+        ids = self.qd.seed(self.experts, self.experts_opt)
+        if not ids:
+            reasons = "; ".join(f"{t}: {r}" for t, r in self.experts_opt.items())
+            raise EvaluationFailed(f"no expert could be evaluated, so the archives cannot be seeded ({reasons})")
+
+    def restore(self, ckpt: checkpoint.Checkpoint) -> None:
+        self.qd.load_state_dict(ckpt.state["qd"])
+        self.experts_opt = ckpt.state["experts_opt"]
+        self.elapsed_before = ckpt.state["elapsed_s"]
+        self.t_start = time.perf_counter()
+
+    def commit(self) -> None:
+        """Commit the loop's state as the checkpoint, then delete elite files it no longer names."""
+        state = {"qd": self.qd.state_dict(), "experts_opt": self.experts_opt, "elapsed_s": self.elapsed}
+        alive = self.qd.archives.alive_ids()
+        checkpoint.commit(self.run_dir, state, self.store.manifest(alive))
+        self.store.collect(alive)
+
+    def evolve(self) -> None:
+        """Generations until ``cfg.generations``: ask → evaluate → tell, checkpoints committed on the way."""
+        from tqdm.auto import tqdm
+
+        cfg, qd = self.cfg, self.qd
+        limit = getattr(self.c.evaluator, "max_consecutive_failures", None)
+        bar = tqdm(total=cfg.generations, initial=qd.generation, desc="cycleqd", disable=cfg.quiet or not sys.stderr.isatty(), dynamic_ncols=True)
+        while qd.generation < cfg.generations:
+            fault_point(f"generation {qd.generation}")
+            t0 = time.perf_counter()
+            candidates = qd.ask()
+            results = [self.score(c.vector, "opt") for c in candidates]
+            qd.tell(candidates, results)
+            seconds = time.perf_counter() - t0
+            failures = [{"child": c.id, "reason": r.reason, "task": r.task, "message": r.message} for c, r in zip(candidates, results) if isinstance(r, Failure)]
+            stats = qd.archives.stats()
+            metrics = {
+                "generation": qd.generation - 1,
+                "quality_task": candidates[0].quality_task,
+                "evaluations": qd.evaluations,
+                "failed_evaluations": sum(qd.failures.values()),
+                "archives": stats,
+                "seconds": seconds,
+                "evaluations_per_s": len(candidates) / seconds,
+                "elapsed_s": self.elapsed,
+            }
+            if failures:
+                metrics["failures"] = failures
+            self.logger.log(metrics)
+            bar.set_postfix(q=metrics["quality_task"], evals_s=f"{metrics['evaluations_per_s']:.1f}", cov=",".join(f"{s['coverage']:.2f}" for s in stats.values()))
+            bar.update(1)
+            too_many = limit is not None and qd.consecutive_failures >= limit
+            periodic = cfg.checkpoint_every and qd.generation % cfg.checkpoint_every == 0
+            if too_many or self.stop.requested or periodic or qd.generation == cfg.generations:
+                self.commit()
+            if too_many:
+                last = failures[-1] if failures else {}
+                raise TooManyFailures(
+                    f"{qd.consecutive_failures} evaluations in a row failed (evaluator.max_consecutive_failures={limit}); "
+                    f"the last: {last.get('reason')} ({last.get('task')}): {last.get('message')}. Checkpoint written at "
+                    f"generation {qd.generation}; fix the cause, then: cycleqd resume {self.run_dir}"
+                )
+            self._check_stop()
+        bar.close()
+
+    def _check_stop(self) -> None:
+        if self.stop.requested:
+            raise RunInterrupted(
+                f"{self.stop.requested}: stopped at generation {self.qd.generation} of {self.cfg.generations}; "
+                f"checkpoint written. Resume with: cycleqd resume {self.run_dir}"
+            )
+
+    # -- the final phase ------------------------------------------------------------------
+    def final_model(self) -> tuple[TaskVector, dict[str, Any]]:
+        """The aggregated model: each archive's best elite merged, its overall scale chosen on the opt split.
+
+        Normalised merge weights shrink each skill's task vector to about 1/K of its
+        elite's; the task-arithmetic baseline chooses its λ on the opt split, and the
+        final model gets the same freedom (``final.scales: [1.0]`` is the plain merge).
+        """
+        merged, info = aggregate_best(self.qd.archives, self.store, self.c.final.method)
+        scales = list(self.c.final.scales)
+        best = scales[0]
+        if len(scales) > 1:
+            opt = {s: self.score(merged.scale(s), "opt") for s in scales}
+            ok = [s for s in scales if not isinstance(opt[s], Failure)]
+            if ok:
+                best = max(ok, key=lambda s: (mean(opt[s]), -abs(s - 1.0)))
+            info["opt_mean"] = {s: (mean(v) if not isinstance(v, Failure) else None) for s, v in opt.items()}
+        info["scale"] = best
+        return merged.scale(best), info
+
+    def finish(self) -> dict[str, Any]:
+        """Final model, experts and baselines on the test split; then final.safetensors, the
+        elite table, heatmaps and, last, summary.json (its presence marks a finished run)."""
+        failed: dict[str, Any] = {}
+
+        def scored(what: str, result: Result) -> dict[str, float] | None:
+            if isinstance(result, Failure):
+                failed[what] = str(result)
+                return None
+            return dict(result)
+
+        fault_point("final: start")
+        final_tv, final_info = self.final_model()
+        self._check_stop()
+        experts = {t: scored(f"expert:{t}", self.score(tv, "test")) for t, tv in self.experts.items()}
+        base = scored("base", self.score(None, "test"))
+        self._check_stop()
+        baselines, chosen, failed_baselines = static_merges([self.experts[t] for t in self.names], self.c.baselines, self.score, self.cfg.seed)
+        failed.update({f"baseline:{k}": v for k, v in failed_baselines.items()})
+        self._check_stop()
+        final = scored("final", self.score(final_tv, "test"))
+        final_opt = scored("final_opt", self.score(final_tv, "opt"))
+        fault_point("final: scored")
+        summary = {
+            "tasks": self.names,
+            "generations": self.qd.generation,
+            "evaluations": self.qd.evaluations,
+            "experts": {t: s for t, s in experts.items() if s is not None},
+            "base": base,
+            "baselines": baselines,
+            "final": final,
+            "final_opt": final_opt,
+            "final_elites": final_info,
+            "baseline_choices": chosen,
+            "experts_opt": {t: dict(r) for t, r in self.experts_opt.items() if not isinstance(r, Failure)},
+            "archives": self.qd.archives.stats(),
+            "failures": {"count": sum(self.qd.failures.values()), "by_reason": dict(sorted(self.qd.failures.items()))},
+            "failed": failed | {f"expert_opt:{t}": str(r) for t, r in self.experts_opt.items() if isinstance(r, Failure)},
+            "wall_time_s": self.elapsed,
+            "base_model": str(self.base_dir),
+        }
+        final_tv.save(self.run_dir / "final.safetensors", metadata={"elites": json.dumps(final_info)})
+        elite_table(self.qd.archives, self.run_dir)
+        self.logger.log_images(heatmaps(self.qd.archives, self.run_dir))
+        write_json(self.run_dir / "summary.json", summary)
+        self.logger.finish(summary)
+        return summary
+
+
+def prior_state(run_dir: Path) -> tuple[checkpoint.Checkpoint | None, dict | None]:
+    """The committed checkpoint and summary of ``run_dir`` (None where absent), read with named errors."""
+    ckpt = checkpoint.load(run_dir)
+    summary_path = run_dir / "summary.json"
+    try:
+        summary = read_json(summary_path, "summary") if summary_path.is_file() else None
+    except DamagedFile as e:
+        log.warning("%s; it will be written again", e)  # the final phase rewrites it from the checkpoint
+        summary = None
+    return ckpt, summary
+
+
+def run(cfg: DictConfig, run_dir: str | Path, resume: bool = False, write_config: bool = False) -> dict[str, Any]:
+    """Execute (``resume=False``) or continue (``resume=True``) one run in ``run_dir``; returns its summary.
+
+    A fresh run refuses a directory that already holds a checkpoint. Resuming a
+    directory without a checkpoint (killed before its first one) starts the run over.
+    ``write_config`` replaces ``.hydra/config.yaml`` with ``cfg`` once the lock is held
+    (a resume with changed settings).
+
+    Raises:
+        ConfigError: a bad config value, before any model exists.
+        RunInUse: another live process holds ``run_dir``.
+        DamagedFile: the checkpoint, an elite file it names or the summary is damaged.
+        RunInterrupted: SIGINT/SIGTERM; a checkpoint was written.
+        TooManyFailures: too many evaluations in a row failed; a checkpoint was written.
+    """
+    run_dir = Path(run_dir)
+    components = build(cfg)
+    with RunLock(run_dir), Stop() as stop:
+        remove_temporaries(run_dir)
+        ckpt, summary = prior_state(run_dir)
+        if ckpt is not None and not resume:
+            raise ConfigError(
+                "hydra.run.dir", f"{str(run_dir)!r} already holds a run (checkpoint at generation {ckpt.generation}): resume it with `cycleqd resume {run_dir}` or choose another directory"
+            )
+        if ckpt is not None:
+            if summary is not None and summary.get("generations") == ckpt.generation == cfg.generations:
+                log.info("the run in %s has already finished", run_dir)
+                return summary
+            if ckpt.generation > cfg.generations:
+                raise ConfigError("generations", f"the checkpoint is at generation {ckpt.generation}, past generations={cfg.generations}")
+        if write_config:
+            write_text(run_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
+        r = Run(cfg, run_dir, components)
+        r.stop = stop
+        if ckpt is not None:
+            r.store.verify(ckpt.elites)  # before minutes of model building
+        r.setup()
+        r.logger.start(run_dir, OmegaConf.to_container(cfg, resolve=True))
+        stop.graceful = True
+        remove(run_dir / "summary.json")
+        if ckpt is not None:
+            log.info("resuming %s from generation %d", run_dir, ckpt.generation)
+            r.restore(ckpt)
+            r.store.collect(r.qd.archives.alive_ids())  # files written after the checkpoint
+            r.logger.truncate(ckpt.generation)
+        else:
+            r.logger.truncate(0)
+            r.store.collect(())  # elites of an attempt killed before its first checkpoint
+            r.seed_archives()
+            r.commit()
+        r.evolve()
+        return r.finish()
+
+
+def load_config(run_dir: str | Path) -> DictConfig:
+    """The resolved config of a run directory (``.hydra/config.yaml``), with named errors."""
+    path = Path(run_dir) / ".hydra" / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(run_dir)!r} has no .hydra/config.yaml: not a cycleqd run directory")
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as e:
+        raise DamagedFile(path, f"not a readable YAML config ({type(e).__name__})") from None
+    if not isinstance(cfg, DictConfig) or "task" not in cfg:
+        raise DamagedFile(path, "not a cycleqd config (no task section)")
+    return cfg
+

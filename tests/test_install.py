@@ -1,0 +1,32 @@
+"""A non-editable install works anywhere: the configs ship inside the package."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.runs import REPO
+
+
+def test_a_wheel_installed_elsewhere_runs_from_any_directory(tmp_path: Path):
+    wheels, target, elsewhere = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(REPO)], check=True, capture_output=True, timeout=300)
+    (wheel,) = wheels.glob("cycleqd-*.whl")
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True, capture_output=True, timeout=300)
+    assert (target / "cycleqd" / "conf" / "config.yaml").is_file()
+    script = (
+        "import sys, cycleqd\n"
+        f"assert cycleqd.__file__.startswith({str(target)!r}), cycleqd.__file__\n"
+        "from cycleqd.cli import main\n"
+        "main(['run', 'dry_run=true'])\n"
+        "main(['run', 'dry_run=true', 'experiment=smollm2', 'crossover=ties'])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(target), "WANDB_MODE": "disabled"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("config valid") == 2, proc.stdout
+    assert not any(elsewhere.iterdir())  # a dry run writes nothing
