@@ -1,5 +1,6 @@
 # make demo   set up .venv and run CycleQD on the embedded default
-# make test   set up .venv (with dev extras) and run the tests
+# make test   set up .venv (with dev extras) and run the tests (about 5 minutes on 2 cores)
+# make test-slow  the long end-to-end runs: the demo from scratch, SmolLM2 (about 8 minutes)
 # make bench  operator and evaluation throughput tables
 PYTHON ?= python3
 VENV := .venv
@@ -7,7 +8,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 export WANDB_MODE ?= disabled
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-slow bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +31,10 @@ demo: $(VENV)/.installed
 	$(BIN)/cycleqd run experiment=demo
 
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -q -m slow
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/operators.py

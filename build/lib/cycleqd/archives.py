@@ -17,6 +17,9 @@ from cycleqd.checks import matches, require
 from cycleqd.protocols import Measure
 
 
+MAX_CELLS = 1_000_000  # per archive: a GridArchive allocates every cell up front
+
+
 @dataclass(frozen=True)
 class ElitePick:
     """A sampled parent: its elite id and its row in the quality archive."""
@@ -61,6 +64,15 @@ class CyclicArchives:
             f"must be [low, high] with 0 < low <= high, got {alpha!r}",
         )
         lo, hi = alpha
+        for task in tasks:
+            others = self.descriptors_of(tasks, task)
+            cells = int(np.prod([measures[t].bins for t in others], dtype=object))
+            require(
+                cells <= MAX_CELLS,
+                "",
+                f"the archive of {task!r} would have {cells:,} cells ({' × '.join(f'task.{t}.measure.bins={measures[t].bins}' for t in others)}); "
+                f"pyribs allocates every cell, at most {MAX_CELLS:,}",
+            )
         self.tasks = list(tasks)
         self.measures = dict(measures)
         self.sampling = sampling
@@ -83,7 +95,11 @@ class CyclicArchives:
 
     def descriptors(self, task: str) -> list[str]:
         """The tasks whose scores are the measures of ``task``'s archive."""
-        return [t for t in self.tasks if t != task]
+        return self.descriptors_of(self.tasks, task)
+
+    @staticmethod
+    def descriptors_of(tasks: Sequence[str], task: str) -> list[str]:
+        return [t for t in tasks if t != task]
 
     def quality_task(self, generation: int) -> str:
         """Generation ``g`` takes its parents from archive ``g mod K``."""

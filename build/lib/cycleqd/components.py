@@ -344,6 +344,7 @@ def _positive_int(cfg: DictConfig, key: str) -> int:
 
 def _train_experts(cfg: DictConfig, tasks: list) -> None:
     examples = _positive_int(cfg, "experts.examples")
+    require(examples <= 1_000_000, "experts.examples", f"must be at most 1,000,000, got {examples}")
     recipe = instantiate_node(_setting(cfg, "experts.recipe"), "experts.recipe")
     for t in tasks:
         if not callable(getattr(t, "train_examples", None)):

@@ -27,7 +27,7 @@ class Measure:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        require(self.bins >= 1, "bins", f"must be >= 1, got {self.bins}")
+        require(1 <= self.bins <= 10_000, "bins", f"must be in [1, 10000], got {self.bins}")
         require(self.low < self.high, "low", f"empty range: low={self.low} is not below high={self.high}")
 
     @classmethod

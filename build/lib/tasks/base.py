@@ -12,6 +12,8 @@ from cycleqd.protocols import Measure, TextModel
 __all__ = ["SPLITS", "Measure", "StringTask", "SyntheticTask", "TextModel"]
 
 SPLITS = ("opt", "test")
+MAX_ITEMS = 100_000  # per evaluation split; more is beyond what a run can score per child anyway
+MAX_MISSES = 10_000  # draws in a row that give nothing new: the prompt space is exhausted
 
 
 @dataclass
@@ -43,7 +45,7 @@ class SyntheticTask:
         check_fields(self)
         require(bool(self.name), "name", "must be a non-empty string")
         for key in ("n_opt", "n_test"):
-            require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+            require(1 <= getattr(self, key) <= MAX_ITEMS, key, f"must be in [1, {MAX_ITEMS}], got {getattr(self, key)}")
         self._splits: dict[str, list[tuple[str, str]]] | None = None
 
     # -- to implement -----------------------------------------------------------
@@ -62,13 +64,15 @@ class SyntheticTask:
             out: dict[str, list[tuple[str, str]]] = {}
             for split, n in (("opt", self.n_opt), ("test", self.n_test)):
                 items: list[tuple[str, str]] = []
-                for _ in range(1000 * n):
-                    if len(items) == n:
-                        break
+                misses = 0
+                while len(items) < n and misses < MAX_MISSES:
                     prompt, answer = self.sample(rng)
-                    if prompt not in seen:
-                        seen.add(prompt)
-                        items.append((prompt, answer))
+                    if prompt in seen:
+                        misses += 1
+                        continue
+                    misses = 0
+                    seen.add(prompt)
+                    items.append((prompt, answer))
                 if len(items) < n:
                     raise ValueError(
                         f"task {self.name!r}: could only draw {len(items)} distinct "
@@ -92,11 +96,15 @@ class SyntheticTask:
         held_out = {p for items in self.splits().values() for p, _ in items}
         rng = random.Random(f"{self.name}:{seed}:train")
         out: list[tuple[str, str]] = []
-        for _ in range(1000 * max(n, 1)):
+        misses = 0
+        while misses < MAX_MISSES:
             if len(out) == n:
                 return out
             prompt, answer = self.sample(rng)
-            if prompt not in held_out:
+            if prompt in held_out:
+                misses += 1
+            else:
+                misses = 0
                 out.append((prompt, answer))
         raise ValueError(
             f"task {self.name!r}: could only draw {len(out)} of {n} training examples outside the "
@@ -129,7 +137,7 @@ class StringTask(SyntheticTask):
     def __post_init__(self) -> None:
         super().__post_init__()
         require(len(self.alphabet) > 0, "alphabet", "must be a non-empty string")
-        require(1 <= self.min_len <= self.max_len, "min_len", f"must satisfy 1 <= min_len <= max_len, got {self.min_len}, {self.max_len}")
+        require(1 <= self.min_len <= self.max_len <= 1000, "min_len", f"must satisfy 1 <= min_len <= max_len <= 1000, got {self.min_len}, {self.max_len}")
 
     def transform(self, s: str) -> str:
         raise NotImplementedError

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cycleqd.checks import check_fields, require
+from cycleqd.errors import ConfigError
 from cycleqd.protocols import Measure, TextModel
 from cycleqd.sandbox import Limits, run_python
 from tasks.base import SPLITS
@@ -56,8 +57,12 @@ class JsonlTask:
 
     def prepare(self) -> None:
         """Read the file and check both splits now, before any model exists."""
+        require(Path(self.path).is_file(), "path", f"{str(self.path)!r} does not exist")
         for split in SPLITS:
-            self.split(split)
+            try:
+                self.split(split)
+            except ValueError as e:
+                raise ConfigError("path", str(e)) from None
 
     def split(self, split: str) -> list[dict]:
         if split not in SPLITS:
