@@ -69,7 +69,10 @@ def _check_run_args(args: list[str]) -> bool:
                 print(f"warning: {w}", file=sys.stderr)
             print(f"config valid: {len(components.tasks)} tasks {components.names}, {cfg.generations} generations, model {cfg.model.kind}" + (f" ({' '.join(job)})" if multirun else ""))
         if not multirun:
-            run_dir = Path(cfg.hydra.run.dir)
+            try:
+                run_dir = Path(cfg.hydra.run.dir)
+            except Exception:  # a run dir made of Hydra's runtime values: the run checks it under its lock
+                continue
             if is_locked(run_dir):
                 from cycleqd.errors import RunInUse
 

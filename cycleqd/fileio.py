@@ -8,7 +8,8 @@ the runner marks with :func:`fault_point`, counts as one *fault point*.
 
     CYCLEQD_FAULT_LOG=FILE      append the name of every fault point reached to FILE
     CYCLEQD_FAULT_AT=N:kill     SIGKILL this process at the N-th fault point
-    CYCLEQD_FAULT_AT=N:enospc   raise "No space left on device" at the N-th fault point
+    CYCLEQD_FAULT_AT=N:enospc   raise "No space left on device" at the first write step from
+                                the N-th fault point on
     CYCLEQD_FAULT_AFTER=NAME    count only from the fault point called NAME on
                                 (``generation 17``, ``final: start``)
 """
@@ -29,6 +30,7 @@ from cycleqd.errors import DamagedFile, WriteFailed
 
 _fault_count = 0
 _fault_armed = False
+_fault_fired = False
 
 
 def fault_point(name: str) -> None:
@@ -36,7 +38,7 @@ def fault_point(name: str) -> None:
     log, at = os.environ.get("CYCLEQD_FAULT_LOG"), os.environ.get("CYCLEQD_FAULT_AT")
     if not (log or at):
         return
-    global _fault_count, _fault_armed
+    global _fault_count, _fault_armed, _fault_fired
     _fault_armed = _fault_armed or name == os.environ.get("CYCLEQD_FAULT_AFTER", name)
     if not _fault_armed:
         return
@@ -46,11 +48,11 @@ def fault_point(name: str) -> None:
             f.write(f"{_fault_count} {name}\n")
     if at:
         n, action = at.split(":")
-        if _fault_count == int(n):
-            if action == "kill":
-                os.kill(os.getpid(), signal.SIGKILL)
-            elif action == "enospc":
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        if action == "kill" and _fault_count == int(n):
+            os.kill(os.getpid(), signal.SIGKILL)
+        if action == "enospc" and _fault_count >= int(n) and name.startswith("write") and not _fault_fired:
+            _fault_fired = True
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def fsync_dir(path: Path) -> None:

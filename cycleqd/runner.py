@@ -98,6 +98,7 @@ class Run:
         """Every task's score of ``θ0 + tv`` on ``split``, or the :class:`Failure` that stopped it."""
         if tv is not None and not tv.is_finite():
             return Failure("nonfinite_weights", None, "the task vector holds NaN or inf; not evaluated")
+        fault_point(f"evaluate on {split}")
         with self.resident.applied(tv):
             return self.c.evaluator(self.text_model, self.tasks, split)
 
@@ -109,7 +110,6 @@ class Run:
     def seed_archives(self) -> None:
         self.experts_opt = {}
         for t, tv in self.experts.items():
-            fault_point(f"seed: evaluate expert {t}")
             self.experts_opt[t] = self.score(tv, "opt")
         ids = self.qd.seed(self.experts, self.experts_opt)
         if not ids:

@@ -163,9 +163,8 @@ def run_python(code: str, limits: Limits = Limits()) -> Outcome:
             timed_out = False
         except subprocess.TimeoutExpired:
             timed_out = True
-            _kill_group(proc.pid)
+            _kill_group(proc.pid)  # before it is reaped, so its group id cannot belong to another process yet
             out, err = proc.communicate()
-        _kill_group(proc.pid)  # anything it left behind in its session
         return Outcome(proc.returncode, timed_out, out.decode(errors="replace")[-2000:], err.decode(errors="replace")[-2000:])
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
