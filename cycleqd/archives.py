@@ -16,17 +16,18 @@ from ribs.archives import GridArchive
 from cycleqd.checks import matches, require
 from cycleqd.protocols import Measure
 
-
 MAX_CELLS = 1_000_000  # per archive: a GridArchive allocates every cell up front
 
 
 @dataclass(frozen=True)
 class ElitePick:
-    """A sampled parent: its elite id and its row in the quality archive."""
+    """A sampled parent: its elite id and its row in the quality archive (its solution is
+    the elite's id, or its genome)."""
 
     id: int
     objective: float
     scores: tuple[float, ...]
+    solution: np.ndarray | None = None
 
 
 class CyclicArchives:
@@ -38,6 +39,8 @@ class CyclicArchives:
         sampling: ``"elite"`` (the paper's normalised, biased sampling) or ``"uniform"`` (ablation).
         alpha: ``(α_low, α_high)``, the range that the sampling normalises values into.
         seed: Seed of the archives' own RNG (pyribs).
+        solution_dim: Length of a solution: 1 (the elite's id; its task vector lives in the
+            elite store) or the genome's length (the archive holds the elite itself).
 
     Raises:
         ValueError: fewer than two tasks, a task without a measure, or a bad ``alpha``.
@@ -51,6 +54,7 @@ class CyclicArchives:
         sampling: str = "elite",
         alpha: tuple[float, float] = (0.5, 0.8),
         seed: int | None = None,
+        solution_dim: int = 1,
     ) -> None:
         if len(tasks) < 2:
             raise ValueError(f"CycleQD needs at least 2 tasks, got {list(tasks)}")
@@ -74,6 +78,7 @@ class CyclicArchives:
                 f"pyribs allocates every cell, at most {MAX_CELLS:,}",
             )
         self.tasks = list(tasks)
+        self._seed = seed
         self.measures = dict(measures)
         self.sampling = sampling
         self.alpha = (float(lo), float(hi))
@@ -81,13 +86,23 @@ class CyclicArchives:
         for k, task in enumerate(self.tasks):
             others = [self.measures[t] for t in self.descriptors(task)]
             self.archives[task] = GridArchive(
-                solution_dim=1,
+                solution_dim=solution_dim,
                 dims=[m.bins for m in others],
                 ranges=[(m.low, m.high) for m in others],
                 seed=None if seed is None else seed + k,
-                solution_dtype=np.float64,
-                extra_fields={"scores": ((len(self.tasks),), np.float64), "generation": ((), np.int64)},
+                solution_dtype=np.float64 if solution_dim == 1 else np.float32,
+                extra_fields={
+                    "id": ((), np.int64),
+                    "scores": ((len(self.tasks),), np.float64),
+                    "generation": ((), np.int64),
+                    "parents": ((2,), np.int64),  # -1: none (an expert)
+                },
             )
+        self.solution_dim = solution_dim
+
+    def with_solution_dim(self, solution_dim: int) -> "CyclicArchives":
+        """Empty archives of the same settings whose solutions have ``solution_dim`` numbers."""
+        return CyclicArchives(tasks=self.tasks, measures=self.measures, sampling=self.sampling, alpha=self.alpha, seed=self._seed, solution_dim=solution_dim)
 
     @property
     def K(self) -> int:
@@ -105,24 +120,37 @@ class CyclicArchives:
         """Generation ``g`` takes its parents from archive ``g mod K``."""
         return self.tasks[generation % self.K]
 
-    def add(self, elite_id: int, scores: Mapping[str, float], generation: int) -> dict[str, int]:
+    def add(
+        self,
+        elite_id: int,
+        scores: Mapping[str, float],
+        generation: int,
+        solution: np.ndarray | None = None,
+        parents: Sequence[int] = (),
+    ) -> dict[str, int]:
         """Offer one evaluated model to every archive; returns pyribs' add status per archive.
 
-        Measures are clipped into each axis' range, so a score past the range lands in
-        the edge cell instead of being dropped.
+        ``solution`` defaults to the id (a solution of one number). Measures are clipped into
+        each axis' range, so a score past the range lands in the edge cell instead of being dropped.
         """
         vec = np.array([scores[t] for t in self.tasks], dtype=np.float64)
+        sol = np.array([float(elite_id)]) if solution is None else np.asarray(solution)
+        if sol.shape != (self.solution_dim,):
+            raise ValueError(f"solution of shape {sol.shape}, the archives hold ({self.solution_dim},)")
+        lineage = (list(parents) + [-1, -1])[:2]
         status = {}
         for task, archive in self.archives.items():
             meas = np.array([scores[t] for t in self.descriptors(task)], dtype=np.float64)
             lower, upper = archive.lower_bounds, archive.upper_bounds
             meas = np.clip(meas, lower, np.nextafter(upper, lower))
             res = archive.add(
-                solution=[[float(elite_id)]],
+                solution=[sol],
                 objective=[scores[task]],
                 measures=[meas],
+                id=[elite_id],
                 scores=[vec],
                 generation=[generation],
+                parents=[lineage],
             )
             status[task] = int(res["status"][0])
         return status
@@ -149,9 +177,10 @@ class CyclicArchives:
         chosen = rng.choice(len(p), size=k, replace=False, p=p)
         return [
             ElitePick(
-                id=int(data["solution"][i][0]),
+                id=int(data["id"][i]),
                 objective=float(data["objective"][i]),
                 scores=tuple(float(x) for x in data["scores"][i]),
+                solution=data["solution"][i],
             )
             for i in chosen
         ]
@@ -164,24 +193,47 @@ class CyclicArchives:
         return lo + (hi - lo) * (v - v.min()) / span
 
     def alive_ids(self) -> set[int]:
-        return {int(s[0]) for a in self.archives.values() for s in a.data("solution")}
+        return {int(i) for a in self.archives.values() for i in a.data("id")}
 
     def best(self, task: str) -> ElitePick:
         a = self.archives[task]
         b = a.best_elite
         if b is None:
             raise RuntimeError(f"archive {task!r} is empty")
-        return ElitePick(id=int(b["solution"][0]), objective=float(b["objective"]), scores=tuple(float(x) for x in b["scores"]))
+        return ElitePick(id=int(b["id"]), objective=float(b["objective"]), scores=tuple(float(x) for x in b["scores"]), solution=b["solution"])
 
     def stats(self) -> dict[str, dict[str, float]]:
-        """Per archive: coverage, QD score (sum of elite objectives), best objective, elite count."""
+        """Per archive: coverage, QD score (sum of elite objectives), best objective, elite count.
+
+        Computed from the archive's contents (pyribs keeps a running sum, whose last digit
+        depends on the order elites arrived in, and a restored archive has another history).
+        """
         out = {}
         for task, a in self.archives.items():
-            s = a.stats
+            objective = a.data("objective")
             out[task] = {
-                "coverage": float(s.coverage),
-                "qd_score": float(s.qd_score),
-                "best": float(s.obj_max) if s.num_elites else 0.0,
-                "num_elites": int(s.num_elites),
+                "coverage": float(len(objective) / a.cells),
+                "qd_score": float(np.sum(objective)),
+                "best": float(np.max(objective)) if len(objective) else 0.0,
+                "num_elites": len(objective),
             }
         return out
+
+    # -- pickling: the occupied cells only -------------------------------------------------
+    def __getstate__(self) -> dict:
+        """A GridArchive allocates every cell's solution up front (cells × genome length);
+        a checkpoint keeps the occupied rows only, in pyribs' own order."""
+        fields = ("solution", "objective", "measures", "id", "scores", "generation", "parents")
+        return {
+            "settings": {"tasks": self.tasks, "measures": self.measures, "sampling": self.sampling, "alpha": self.alpha,
+                         "seed": self._seed, "solution_dim": self.solution_dim},
+            "rows": {t: a.data(list(fields)) for t, a in self.archives.items()},
+        }
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state["settings"])
+        for task, rows in state["rows"].items():
+            archive = self.archives[task]
+            # One by one, so the archive's order of elites (what parent sampling indexes) is the same.
+            for j in range(len(rows["objective"])):
+                archive.add(**{k: [v[j]] for k, v in rows.items()})

@@ -37,6 +37,7 @@ SETTINGS: dict[str, Any] = {
     "threads": int | None,
     "quiet": bool,
     "dry_run": bool,
+    "genome": str | bool,
 }
 GROUPS = ("model", "experts", "task", "crossover", "mutation", "archive", "evaluator", "logger", "final", "baselines")
 MINIMUM = {"seed": 0, "generations": 1, "children_per_generation": 1, "checkpoint_every": 0, "eval_batch_size": 1, "threads": 1}
@@ -73,6 +74,7 @@ class Components:
     logger: Any
     final: FinalSpec
     baselines: dict[str, BaselineSpec]
+    genome: bool
     warnings: tuple[str, ...] = ()
 
     @property
@@ -282,8 +284,26 @@ def build(cfg: DictConfig) -> Components:
     archives = _archives(cfg, tasks)
     final = _final(cfg)
     baselines = _baselines(cfg, len(tasks))
+    genome = _genome(cfg, crossover, mutation)
     check_models(cfg, tasks)
-    return Components(tasks, crossover, mutation, archives, evaluator, logger, final, baselines, tuple(warnings))
+    return Components(tasks, crossover, mutation, archives, evaluator, logger, final, baselines, genome, tuple(warnings))
+
+
+def _genome(cfg: DictConfig, crossover: Any, mutation: Any) -> bool:
+    """Whether elites are genomes (coefficients over the experts' SVD bases)."""
+    from cycleqd.operators import linear_in_genome
+
+    setting = cfg.genome
+    require(setting in ("auto", True, False), "genome", f"must be auto, true or false, got {setting!r}")
+    linear = linear_in_genome(crossover, mutation)
+    if setting is True:
+        require(
+            linear,
+            "genome",
+            f"true needs operators linear in the experts' SVD bases (the paper's crossover or linear merge, SVD mutation without max_rank); "
+            f"{type(crossover).__name__}/{type(mutation).__name__} are not: use genome=auto or false",
+        )
+    return linear if setting == "auto" else bool(setting)
 
 
 # -- models and experts ---------------------------------------------------------------------------

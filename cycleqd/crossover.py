@@ -48,16 +48,20 @@ class MergeCrossover:
 
     def weights(self, parents: Sequence[TaskVector], gen: torch.Generator) -> list[dict[str, float]]:
         """Normalised per-parameter weights, one mapping per parent."""
-        names = list(dict.fromkeys(n for p in parents for n in p))
+        return self.weights_for(list(dict.fromkeys(n for p in parents for n in p)), len(parents), gen)
+
+    def weights_for(self, names: Sequence[str], n_parents: int, gen: torch.Generator) -> list[dict[str, float]]:
+        """The weights of ``n_parents`` parents over the parameters ``names`` (the draws
+        :meth:`weights` makes for parents holding exactly those parameters)."""
         groups = ["model"] if self.granularity == "model" else list(dict.fromkeys(layer_of(n) for n in names))
-        w = 1 + self.mu + self.sigma * torch.randn(len(parents), len(groups), generator=gen, dtype=torch.float64)
+        w = 1 + self.mu + self.sigma * torch.randn(n_parents, len(groups), generator=gen, dtype=torch.float64)
         total = w.sum(0)
         if torch.any(total.abs() < 1e-8):
             raise ValueError("crossover weights sum to zero; lower crossover.sigma")
         w = w / total
         col = {g: j for j, g in enumerate(groups)}
         key = (lambda n: "model") if self.granularity == "model" else layer_of
-        return [{n: float(w[i, col[key(n)]]) for n in names} for i in range(len(parents))]
+        return [{n: float(w[i, col[key(n)]]) for n in names} for i in range(n_parents)]
 
     def __call__(self, parents: Sequence[TaskVector], gen: torch.Generator) -> TaskVector:
         return linear_combination(parents, self.weights(parents, gen))
@@ -83,7 +87,9 @@ class MethodCrossover:
         require(callable(self.merge), "merge", f"must be a merge method (a cycleqd.merging.Merge), got {self.merge!r}")
         require(self.sigma >= 0, "sigma", f"must be >= 0, got {self.sigma}")
 
+    def parent_weights(self, n_parents: int, gen: torch.Generator) -> list[float]:
+        w = 1 + self.mu + self.sigma * torch.randn(n_parents, generator=gen, dtype=torch.float64)
+        return (w / w.sum()).tolist()
+
     def __call__(self, parents: Sequence[TaskVector], gen: torch.Generator) -> TaskVector:
-        w = 1 + self.mu + self.sigma * torch.randn(len(parents), generator=gen, dtype=torch.float64)
-        w = (w / w.sum()).tolist()
-        return self.merge(parents, w, gen)
+        return self.merge(parents, self.parent_weights(len(parents), gen), gen)

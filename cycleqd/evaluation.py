@@ -8,7 +8,7 @@ import math
 import numbers
 import signal
 import threading
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
@@ -36,19 +36,23 @@ class ResidentModel:
         self.base = {n: p.detach().clone() for n, p in self.params.items()}
 
     @torch.no_grad()
-    def _write(self, tv: TaskVector | None) -> None:
+    def _write(self, tv: Mapping[str, Any] | None) -> None:
         touched = set() if tv is None else set(tv)
         for name, p in self.params.items():
             if name not in touched:
                 p.copy_(self.base[name])
         if tv is None:
             return
-        for name, d in tv.items():
+        for name in tv:
+            d = None if hasattr(tv, "delta") else tv[name]
             if name not in self.params:
                 raise KeyError(f"task vector touches {name!r}, which the resident model does not track")
             p = self.params[name]
             # Accumulate in float32 and cast once: bf16/fp16 models lose small deltas otherwise.
-            delta = (d.B.to(p.device) @ d.A.to(p.device)) if isinstance(d, LowRank) else d.to(p.device)
+            if hasattr(tv, "delta"):  # a genome: its delta is computed on the model's device
+                delta = tv.delta(name, p.device)
+            else:
+                delta = (d.B.to(p.device) @ d.A.to(p.device)) if isinstance(d, LowRank) else d.to(p.device)
             p.copy_((self.base[name].float() + delta.float()).to(p.dtype))
 
     @contextlib.contextmanager

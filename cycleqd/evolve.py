@@ -12,35 +12,27 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from cycleqd.archives import CyclicArchives
-from cycleqd.mutation import SVD
+from cycleqd.operators import Operators
 from cycleqd.protocols import Failure, Result
 from cycleqd.store import EliteRecord
-from cycleqd.taskvector import TaskVector
-
-
-class Population(Protocol):
-    """Where elites' task vectors live (:class:`cycleqd.store.EliteStore`, or a dict-backed fake)."""
-
-    def put(self, tv: TaskVector, record: EliteRecord) -> None: ...
-
-    def get(self, elite_id: int) -> TaskVector: ...
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One child to evaluate: its id, lineage and task vector."""
+    """One child to evaluate: its id, lineage, and the child itself (a task vector, or a
+    genome: see :mod:`cycleqd.operators`)."""
 
     id: int
     generation: int
     quality_task: str
     parents: tuple[int, ...]
-    vector: TaskVector
+    vector: Any
 
 
 class CycleQD:
@@ -48,38 +40,25 @@ class CycleQD:
 
     ``ask`` and ``tell`` must alternate; results go back in the order ``ask`` gave them,
     so candidates can be evaluated in batches or in parallel without changing this class.
-    All state is in memory except the task vectors of the elites, which go to
-    ``store`` when an archive keeps them; nothing is ever deleted here (the runner
-    collects dead elites after a checkpoint that no longer names them).
+    All state is in memory: the archives (with the elites themselves when they are
+    genomes), RNGs and counters. With task vectors, ``operators.keep`` writes a kept
+    elite to the elite store; nothing is ever deleted here (the runner collects dead
+    elites after a checkpoint that no longer names them).
 
     Args:
-        archives: The K archives.
-        store: Where elite task vectors live.
-        crossover: ``(parents, generator) -> child``.
-        mutation: ``(child, svds, generator) -> child``.
-        expert_svds: Per task, the SVDs of that task's expert task vector (mutation directions).
+        archives: The K archives (their ``solution_dim`` is ``operators.solution_dim``).
+        operators: How a child is made and what is kept of it (:mod:`cycleqd.operators`).
         children_per_generation: Children asked per generation (the paper: 1).
         seed: Seed of parent sampling and of the operators.
     """
 
-    def __init__(
-        self,
-        *,
-        archives: CyclicArchives,
-        store: Population,
-        crossover,
-        mutation,
-        expert_svds: Mapping[str, Mapping[str, SVD]],
-        children_per_generation: int = 1,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, *, archives: CyclicArchives, operators: Operators, children_per_generation: int = 1, seed: int = 0) -> None:
         if children_per_generation < 1:
             raise ValueError(f"children_per_generation must be >= 1, got {children_per_generation}")
+        if archives.solution_dim != operators.solution_dim:
+            raise ValueError(f"archives hold solutions of {archives.solution_dim} numbers, the operators make {operators.solution_dim}")
         self.archives = archives
-        self.store = store
-        self.crossover = crossover
-        self.mutation = mutation
-        self.expert_svds = expert_svds
+        self.operators = operators
         self.children_per_generation = children_per_generation
         self.rng = np.random.default_rng(seed)
         self.gen = torch.Generator().manual_seed(seed)
@@ -91,7 +70,7 @@ class CycleQD:
         self._asked: list[Candidate] | None = None
 
     # -- seeding ------------------------------------------------------------------
-    def seed(self, vectors: Mapping[str, TaskVector], results: Mapping[str, Result], origin: str = "expert") -> dict[str, int]:
+    def seed(self, vectors: Mapping[str, Any], results: Mapping[str, Result], origin: str = "expert") -> dict[str, int]:
         """Offer each model to every archive (generation −1); returns name → id of the
         models that were scored (a :class:`Failure` result is counted, not offered)."""
         ids = {}
@@ -107,7 +86,7 @@ class CycleQD:
         self.next_id += 1
         return i
 
-    def _offer(self, i: int, tv: TaskVector, result: Result, generation: int, origin: str, parents: tuple[int, ...]):
+    def _offer(self, i: int, x: Any, result: Result, generation: int, origin: str, parents: tuple[int, ...]):
         """Offer one evaluated model to every archive and store it if one keeps it.
         Returns pyribs' add status per archive, or None for a failed evaluation."""
         if isinstance(result, Failure):
@@ -118,9 +97,9 @@ class CycleQD:
         missing = [t for t in self.archives.tasks if t not in result]
         if missing:
             raise ValueError(f"model {i}: no score for tasks {missing}")
-        status = self.archives.add(i, result, generation)
+        status = self.archives.add(i, result, generation, solution=self.operators.solution(i, x), parents=parents)
         if any(s > 0 for s in status.values()):
-            self.store.put(tv, EliteRecord(i, generation, origin, parents, dict(result)))
+            self.operators.keep(x, EliteRecord(i, generation, origin, parents, dict(result)))
         return status
 
     # -- ask / tell ---------------------------------------------------------------
@@ -131,9 +110,7 @@ class CycleQD:
         out = []
         for _ in range(self.children_per_generation):
             picks = self.archives.sample_parents(q, 2, self.rng)
-            parents = [self.store.get(p.id) for p in picks]
-            child = self.crossover(parents, self.gen)
-            child = self.mutation(child, self.expert_svds[q], self.gen)
+            child = self.operators.child([self.operators.parent(p) for p in picks], q, self.gen)
             out.append(Candidate(self._new_id(), self.generation, q, tuple(p.id for p in picks), child))
         self._asked = out
         return out

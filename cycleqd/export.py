@@ -36,8 +36,15 @@ def resolve_elite(run: RunData, spec: str) -> tuple[TaskVector, dict[str, Any]]:
             raise ValueError(f"--elite must be an id, best:<task> or final; got {spec!r}") from None
         if elite_id not in set(run.elites["id"]):
             raise ValueError(f"--elite {elite_id}: no archive of {run.run_dir} holds this elite")
-    rec = run.store.record(elite_id)
-    return run.store.get(elite_id), {"elite": elite_id, **rec}
+    row = run.elites[run.elites["id"] == elite_id].iloc[0]
+    provenance = {
+        "elite": elite_id,
+        "generation": int(row["generation"]),
+        "origin": row["origin"],
+        "parents": list(row["parents"]),
+        "scores": {t: float(row[f"score_{t}"]) for t in run.tasks},
+    }
+    return run.vector(elite_id), provenance
 
 
 def _base_dir(run: RunData) -> Path:

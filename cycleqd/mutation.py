@@ -83,12 +83,17 @@ class SVDMutation:
         require(self.scale >= 0, "scale", f"must be >= 0, got {self.scale}")
         require(self.max_rank is None or self.max_rank >= 1, "max_rank", f"must be >= 1 or null, got {self.max_rank}")
 
+    def draws(self, svds: Mapping[str, SVD], gen: torch.Generator) -> dict[str, torch.Tensor]:
+        """The factors ``r`` of each direction, per parameter, in the order they are drawn."""
+        return {name: torch.rand(s.S.shape[0], generator=gen, dtype=torch.float32) * self.scale for name, s in svds.items()}
+
     def __call__(self, child: TaskVector, svds: Mapping[str, SVD], gen: torch.Generator) -> TaskVector:
         if self.scale == 0:
             return child
         out: dict[str, Delta] = dict(child)
+        draws = self.draws(svds, gen)
         for name, s in svds.items():
-            r = torch.rand(s.S.shape[0], generator=gen, dtype=torch.float32) * self.scale
+            r = draws[name]
             term = LowRank(s.U * (r * s.S), s.Vh)
             current = out.get(name)
             if current is None or isinstance(current, LowRank):

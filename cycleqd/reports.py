@@ -64,7 +64,7 @@ def elite_table(archives: CyclicArchives, run_dir: Path) -> Path:
                         "-".join(str(int(c)) for c in cells[j]),
                         f"{data['objective'][j]:.6f}",
                         "-".join(f"{m:.6f}" for m in data["measures"][j]),
-                        str(int(data["solution"][j][0])),
+                        str(int(data["id"][j])),
                         str(int(data["generation"][j])),
                         *[f"{s:.6f}" for s in data["scores"][j]],
                     ]

@@ -1,14 +1,18 @@
-"""Reading a finished (or checkpointed) run back: summary, archives, elite table."""
+"""Reading a finished (or checkpointed) run back: summary, archives, elite table, and
+any elite's task vector (from the elite store, or from its genome and the experts' bases)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from cycleqd import checkpoint
 from cycleqd.fileio import read_json
 from cycleqd.store import EliteStore
+from cycleqd.taskvector import TaskVector
 
 
 @dataclass(frozen=True)
@@ -21,7 +25,9 @@ class RunData:
         archives: Task name → its pyribs ``GridArchive``.
         elites: One row per (archive, elite): id, archive, cell, objective, measures, the
             K task scores (``score_<task>``, optimisation split), generation, parents, origin.
-        store: The elite store of the run.
+        store: The elite store of the run (empty when its elites are genomes).
+        genome: Whether the archives' solutions are genomes (else elite ids).
+        bases: Task → the file of its expert's basis (what a genome is read against).
     """
 
     run_dir: Path
@@ -29,10 +35,52 @@ class RunData:
     archives: dict[str, Any]
     elites: Any  # pandas.DataFrame
     store: EliteStore
+    genome: bool = False
+    bases: dict[str, str] = field(default_factory=dict)
 
     @property
     def tasks(self) -> list[str]:
         return list(self.archives)
+
+    def solution(self, elite_id: int) -> np.ndarray:
+        """The archive solution of ``elite_id`` (its genome, or its id).
+
+        Raises:
+            KeyError: no archive holds this elite.
+        """
+        for archive in self.archives.values():
+            data = archive.data(["id", "solution"])
+            hit = np.flatnonzero(data["id"] == elite_id)
+            if len(hit):
+                return data["solution"][hit[0]]
+        raise KeyError(f"no archive of {str(self.run_dir)!r} holds elite {elite_id}")
+
+    def vector(self, elite_id: int) -> TaskVector:
+        """The task vector of elite ``elite_id``.
+
+        Raises:
+            KeyError: no archive holds it.
+            DamagedFile: its file, or a basis file, is damaged.
+            FileNotFoundError: a basis file is gone (the model cache was cleared).
+        """
+        if not self.genome:
+            self.solution(elite_id)
+            return self.store.get(elite_id)
+        return self.basis().task_vector(self.solution(elite_id))
+
+    def basis(self):
+        """The experts' bases this run's genomes are coefficients of (read from the model cache)."""
+        from cycleqd.genome import Basis, ExpertBasis
+
+        parts = {}
+        for task in self.tasks:
+            path = Path(self.bases.get(task, ""))
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"the basis of expert {task!r} ({str(path)!r}) is gone; `cycleqd resume {self.run_dir}` with the same model cache rebuilds it"
+                )
+            parts[task] = ExpertBasis.load(path)
+        return Basis(self.tasks, parts)
 
 
 def load_run(run_dir: str | Path) -> RunData:
@@ -40,7 +88,7 @@ def load_run(run_dir: str | Path) -> RunData:
 
     Raises:
         FileNotFoundError: ``run_dir`` has no checkpoint (not a run directory).
-        DamagedFile: the checkpoint, the summary or an elite record is damaged.
+        DamagedFile: the checkpoint or the summary is damaged.
     """
     import pandas as pd
 
@@ -57,8 +105,7 @@ def load_run(run_dir: str | Path) -> RunData:
         data = archive.data()
         cells = archive.int_to_grid_index(data["index"])
         for j in range(len(data["index"])):
-            elite_id = int(data["solution"][j][0])
-            rec = store.record(elite_id)
+            elite_id, generation = int(data["id"][j]), int(data["generation"][j])
             rows.append(
                 {
                     "id": elite_id,
@@ -67,12 +114,21 @@ def load_run(run_dir: str | Path) -> RunData:
                     "objective": float(data["objective"][j]),
                     "measures": tuple(float(m) for m in data["measures"][j]),
                     **{f"score_{t}": float(s) for t, s in zip(cyclic.tasks, data["scores"][j])},
-                    "generation": int(data["generation"][j]),
-                    "parents": tuple(rec["parents"]),
-                    "origin": rec["origin"],
+                    "generation": generation,
+                    "parents": tuple(int(p) for p in data["parents"][j] if p >= 0),
+                    # seeding offers the experts first, in task order; generation g breeds from archive g mod K
+                    "origin": f"expert:{cyclic.tasks[elite_id]}" if generation < 0 else f"child:{cyclic.quality_task(generation)}",
                 }
             )
     elites = pd.DataFrame(rows)
     if len(elites):
         elites["mean_score"] = elites[[f"score_{t}" for t in cyclic.tasks]].mean(axis=1)
-    return RunData(run_dir=run_dir, summary=summary, archives=dict(cyclic.archives), elites=elites, store=store)
+    return RunData(
+        run_dir=run_dir,
+        summary=summary,
+        archives=dict(cyclic.archives),
+        elites=elites,
+        store=store,
+        genome=bool(ckpt.state.get("genome")),
+        bases=dict(ckpt.state.get("bases") or {}),
+    )

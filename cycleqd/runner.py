@@ -19,20 +19,24 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cycleqd import checkpoint
 from cycleqd.baselines import mean, static_merges
 from cycleqd.components import Components, build
+from cycleqd.embedded import cache_root
 from cycleqd.errors import ConfigError, DamagedFile, EvaluationFailed, RunInterrupted, TooManyFailures
 from cycleqd.evaluation import ResidentModel
 from cycleqd.evolve import CycleQD
 from cycleqd.experts import expert_vectors, locate_models
 from cycleqd.fileio import fault_point, read_json, remove, remove_temporaries, write_json, write_text
+from cycleqd.genome import Basis, cached_expert_basis
 from cycleqd.lock import RunLock
 from cycleqd.models import HFTextModel, default_device, load_model
 from cycleqd.mutation import expert_svds
+from cycleqd.operators import DenseOperators, GenomeOperators
 from cycleqd.protocols import Failure, Result
 from cycleqd.reports import elite_table, heatmaps
 from cycleqd.select import aggregate_best
@@ -84,20 +88,37 @@ class Run:
         touched = list(dict.fromkeys(n for tv in self.experts.values() for n in tv))
         self.resident = ResidentModel(self.model, touched)
         self.text_model = HFTextModel(self.model, tokenizer, batch_size=cfg.eval_batch_size)
-        self.qd = CycleQD(
-            archives=self.c.archives,
-            store=self.store,
-            crossover=self.c.crossover,
-            mutation=self.c.mutation,
-            expert_svds={t: expert_svds(tv) for t, tv in self.experts.items()},
-            children_per_generation=cfg.children_per_generation,
-            seed=cfg.seed,
-        )
+        # The experts' SVDs, once per expert content, cached beside the models.
+        root = Path(cfg.model.cache_dir) if cfg.model.get("cache_dir") else cache_root()
+        parts, self.basis_files = {}, {}
+        for t in self.names:
+            parts[t], key = cached_expert_basis(self.experts[t], root, expert_svds)
+            self.basis_files[t] = str(root / "bases" / f"{key[:32]}.safetensors")
+        if self.c.genome:
+            self.basis = Basis(self.names, parts)
+            operators = GenomeOperators(self.c.crossover, self.c.mutation, self.basis)
+            archives = self.c.archives.with_solution_dim(self.basis.length)
+            self.seeds = {t: self.basis.expert(t) for t in self.names}
+        else:
+            self.basis = None
+            operators = DenseOperators(self.c.crossover, self.c.mutation, {t: parts[t].svds for t in self.names}, self.store)
+            archives = self.c.archives
+            self.seeds = self.experts
+        self.operators = operators
+        self.qd = CycleQD(archives=archives, operators=operators, children_per_generation=cfg.children_per_generation, seed=cfg.seed)
 
-    def score(self, tv: TaskVector | None, split: str) -> Result:
-        """Every task's score of ``θ0 + tv`` on ``split``, or the :class:`Failure` that stopped it."""
+    def task_vector(self, x: TaskVector | np.ndarray | None):
+        """What the resident model is given for ``x``: the task vector, or a genome's view."""
+        if x is None or isinstance(x, TaskVector):
+            return x
+        return self.basis.view(x)
+
+    def score(self, x: TaskVector | np.ndarray | None, split: str) -> Result:
+        """Every task's score of ``θ0 + x`` (a task vector or a genome) on ``split``, or the
+        :class:`Failure` that stopped it."""
+        tv = self.task_vector(x)
         if tv is not None and not tv.is_finite():
-            return Failure("nonfinite_weights", None, "the task vector holds NaN or inf; not evaluated")
+            return Failure("nonfinite_weights", None, "the child holds NaN or inf; not evaluated")
         fault_point(f"evaluate on {split}")
         with self.resident.applied(tv):
             return self.c.evaluator(self.text_model, self.tasks, split)
@@ -109,14 +130,17 @@ class Run:
     # -- the loop -------------------------------------------------------------------------
     def seed_archives(self) -> None:
         self.experts_opt = {}
-        for t, tv in self.experts.items():
-            self.experts_opt[t] = self.score(tv, "opt")
-        ids = self.qd.seed(self.experts, self.experts_opt)
+        for t, x in self.seeds.items():
+            self.experts_opt[t] = self.score(x, "opt")
+        ids = self.qd.seed(self.seeds, self.experts_opt)
         if not ids:
             reasons = "; ".join(f"{t}: {r}" for t, r in self.experts_opt.items())
             raise EvaluationFailed(f"no expert could be evaluated, so the archives cannot be seeded ({reasons})")
 
     def restore(self, ckpt: checkpoint.Checkpoint) -> None:
+        genome = bool(ckpt.state.get("genome"))
+        if genome != self.c.genome:
+            raise ConfigError("genome", f"the checkpoint holds {'genomes' if genome else 'task vectors'}; resume with genome={str(genome).lower()}")
         self.qd.load_state_dict(ckpt.state["qd"])
         self.experts_opt = ckpt.state["experts_opt"]
         self.elapsed_before = ckpt.state["elapsed_s"]
@@ -124,8 +148,14 @@ class Run:
 
     def commit(self) -> None:
         """Commit the loop's state as the checkpoint, then delete elite files it no longer names."""
-        state = {"qd": self.qd.state_dict(), "experts_opt": self.experts_opt, "elapsed_s": self.elapsed}
-        alive = self.qd.archives.alive_ids()
+        state = {
+            "qd": self.qd.state_dict(),
+            "experts_opt": self.experts_opt,
+            "elapsed_s": self.elapsed,
+            "genome": self.c.genome,
+            "bases": self.basis_files,  # where load_run finds the bases of genome elites
+        }
+        alive = set() if self.c.genome else self.qd.archives.alive_ids()  # genomes live in the archives, not in files
         checkpoint.commit(self.run_dir, state, self.store.manifest(alive))
         self.store.collect(alive)
 
@@ -189,17 +219,18 @@ class Run:
         elite's; the task-arithmetic baseline chooses its λ on the opt split, and the
         final model gets the same freedom (``final.scales: [1.0]`` is the plain merge).
         """
-        merged, info = aggregate_best(self.qd.archives, self.store, self.c.final.method)
+        picks, weights, info = aggregate_best(self.qd.archives, self.c.final.method)
+        merged = self.operators.combine([self.operators.parent(p) for p in picks], weights)
         scales = list(self.c.final.scales)
         best = scales[0]
         if len(scales) > 1:
-            opt = {s: self.score(merged.scale(s), "opt") for s in scales}
+            opt = {s: self.score(self.operators.combine([merged], [s]), "opt") for s in scales}
             ok = [s for s in scales if not isinstance(opt[s], Failure)]
             if ok:
                 best = max(ok, key=lambda s: (mean(opt[s]), -abs(s - 1.0)))
             info["opt_mean"] = {s: (mean(v) if not isinstance(v, Failure) else None) for s, v in opt.items()}
         info["scale"] = best
-        return merged.scale(best), info
+        return self.operators.combine([merged], [best]), info
 
     def finish(self) -> dict[str, Any]:
         """Final model, experts and baselines on the test split; then final.safetensors, the
@@ -242,7 +273,8 @@ class Run:
             "wall_time_s": self.elapsed,
             "base_model": str(self.base_dir),
         }
-        final_tv.save(self.run_dir / "final.safetensors", metadata={"elites": json.dumps(final_info)})
+        final_vector = final_tv if self.basis is None else self.basis.task_vector(final_tv)
+        final_vector.save(self.run_dir / "final.safetensors", metadata={"elites": json.dumps(final_info)})
         elite_table(self.qd.archives, self.run_dir)
         self.logger.log_images(heatmaps(self.qd.archives, self.run_dir))
         write_json(self.run_dir / "summary.json", summary)

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from cycleqd.archives import CyclicArchives
-from cycleqd.store import EliteStore
+from cycleqd.archives import CyclicArchives, ElitePick
 from cycleqd.taskvector import TaskVector, linear_combination
 
 AGGREGATIONS = ("quality", "uniform", "mean_score")
 
 
-def aggregate_best(archives: CyclicArchives, store: EliteStore, method: str = "quality") -> tuple[TaskVector, dict]:
-    """Merge the best elite of each archive into one task vector.
+def aggregate_best(archives: CyclicArchives, method: str = "quality") -> tuple[list[ElitePick], list[float], dict]:
+    """The best elite of each archive and its weight in the final merge.
 
     ``quality`` weights each archive's best elite by its quality (the default),
     ``uniform`` weights them equally, ``mean_score`` by their mean score over all
-    tasks. Weights are normalised to sum to one. Returns the merged vector and a
+    tasks. Weights are normalised to sum to one; an elite best in several archives
+    appears once with the sum of its weights. Returns the elites, their weights, and a
     record of which elites went in with which weight.
     """
     if method not in AGGREGATIONS:
@@ -32,10 +32,12 @@ def aggregate_best(archives: CyclicArchives, store: EliteStore, method: str = "q
     weights = [w / total for w in raw] if total > 0 else [1 / len(raw)] * len(raw)
     # The same elite can be best in several archives: merge its weights.
     merged: dict[int, float] = {}
+    by_id: dict[int, ElitePick] = {}
     for p, w in zip(picks, weights):
         merged[p.id] = merged.get(p.id, 0.0) + w
-    tv = linear_combination([store.get(i) for i in merged], list(merged.values()))
-    return tv, {"method": method, "elites": [{"id": i, "weight": w} for i, w in merged.items()]}
+        by_id[p.id] = p
+    info = {"method": method, "elites": [{"id": i, "weight": w} for i, w in merged.items()]}
+    return [by_id[i] for i in merged], list(merged.values()), info
 
 
 def task_arithmetic(experts: Sequence[TaskVector], scale: float) -> TaskVector:

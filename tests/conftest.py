@@ -34,12 +34,23 @@ def cli_run(tmp_path_factory, cache) -> Path:
 LIVELY_GENERATIONS = 25
 
 
-@pytest.fixture(scope="session")
-def lively_run(tmp_path_factory, cache) -> Path:
-    """An uninterrupted run of the lively tiny setup: the reference the crash tests compare to."""
+def _lively(tmp_path_factory, cache, genome: bool) -> Path:
     from tests.runs import cli
     from tests.tiny import lively_overrides
 
     run_dir = tmp_path_factory.mktemp("lively") / "reference"
-    cli("run", *lively_overrides(cache, LIVELY_GENERATIONS), "checkpoint_every=4", f"hydra.run.dir={run_dir}")
+    cli("run", *lively_overrides(cache, LIVELY_GENERATIONS), "checkpoint_every=4", f"genome={str(genome).lower()}", f"hydra.run.dir={run_dir}")
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def lively_run(tmp_path_factory, cache) -> Path:
+    """An uninterrupted run of the lively tiny setup with elites as task-vector files: the
+    reference the crash tests compare to."""
+    return _lively(tmp_path_factory, cache, genome=False)
+
+
+@pytest.fixture(scope="session")
+def lively_genome_run(tmp_path_factory, cache) -> Path:
+    """The same run with elites as genomes (held by the archives)."""
+    return _lively(tmp_path_factory, cache, genome=True)

@@ -22,8 +22,8 @@ from tests.tiny import lively_overrides
 G = LIVELY_GENERATIONS
 
 
-def _args(cache: Path, run_dir: Path) -> list[str]:
-    return [*lively_overrides(cache, G), "checkpoint_every=4", f"hydra.run.dir={run_dir}"]
+def _args(cache: Path, run_dir: Path, genome: bool = False) -> list[str]:
+    return [*lively_overrides(cache, G), "checkpoint_every=4", f"genome={str(genome).lower()}", f"hydra.run.dir={run_dir}"]
 
 
 def _start(args: list[str], env: dict) -> subprocess.Popen:
@@ -89,14 +89,14 @@ def test_killed_at_random_moments_resumes_to_the_uninterrupted_run(tmp_path: Pat
     assert not list(run_dir.rglob(".*.tmp"))
 
 
-def test_a_full_disk_is_named_and_the_run_resumes(tmp_path: Path, cache: Path, lively_run: Path):
+def test_a_full_disk_is_named_and_the_run_resumes(tmp_path: Path, cache: Path, lively_genome_run: Path):
     run_dir = tmp_path / "run"
-    proc = cli("run", *_args(cache, run_dir), env={"CYCLEQD_FAULT_AFTER": "generation 10", "CYCLEQD_FAULT_AT": "4:enospc"}, check=False)
+    proc = cli("run", *_args(cache, run_dir, genome=True), env={"CYCLEQD_FAULT_AFTER": "generation 10", "CYCLEQD_FAULT_AT": "4:enospc"}, check=False)
     line = one_line_error(proc)
     assert "cannot write" in line and str(run_dir) in line and "No space left on device" in line, line
     assert checkpoint.load(run_dir).generation == 8
     cli("resume", str(run_dir))
-    assert run_fingerprint(run_dir) == run_fingerprint(lively_run)
+    assert run_fingerprint(run_dir) == run_fingerprint(lively_genome_run)
 
 
 def _wait_for_generation(run_dir: Path, n: int, proc: subprocess.Popen) -> None:
@@ -110,10 +110,10 @@ def _wait_for_generation(run_dir: Path, n: int, proc: subprocess.Popen) -> None:
     raise AssertionError("the run did not reach generation %d" % n)
 
 
-def test_sigint_and_sigterm_finish_the_generation_and_checkpoint(tmp_path: Path, cache: Path, lively_run: Path):
+def test_sigint_and_sigterm_finish_the_generation_and_checkpoint(tmp_path: Path, cache: Path, lively_genome_run: Path):
     run_dir = tmp_path / "run"
     for sig, step in ((signal.SIGINT, 3), (signal.SIGTERM, 15)):
-        args = ["run", *_args(cache, run_dir)] if sig == signal.SIGINT else ["resume", str(run_dir)]
+        args = ["run", *_args(cache, run_dir, genome=True)] if sig == signal.SIGINT else ["resume", str(run_dir)]
         proc = _start(args, {})
         _wait_for_generation(run_dir, step, proc)
         proc.send_signal(sig)
@@ -125,7 +125,7 @@ def test_sigint_and_sigterm_finish_the_generation_and_checkpoint(tmp_path: Path,
         done = checkpoint.load(run_dir).generation
         assert done >= step and len((run_dir / "metrics.jsonl").read_text().splitlines()) == done, (done, err[-2000:])
     cli("resume", str(run_dir))
-    assert run_fingerprint(run_dir) == run_fingerprint(lively_run)
+    assert run_fingerprint(run_dir) == run_fingerprint(lively_genome_run)
 
 
 def test_one_writer_per_run_directory(tmp_path: Path, lively_run: Path):

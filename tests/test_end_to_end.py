@@ -7,8 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 from safetensors import safe_open
 
+from cycleqd.rundata import load_run
 from cycleqd.runner import run
 from tests.tiny import TASKS, compose_tiny
 
@@ -52,11 +54,13 @@ def test_run_directory_contract(cli_run: Path):
     assert table[0].startswith("archive,cell,objective,measures,id")
     ids = {int(row.split(",")[4]) for row in table[1:]}
     assert sum(a["num_elites"] for a in summary["archives"].values()) == len(table) - 1
+    # the default operators are linear in the experts' bases: elites are genomes held by the archives
+    loaded = load_run(cli_run)
+    assert loaded.genome and not list((cli_run / "elites").glob("elite-*"))
+    assert set(loaded.elites["id"]) == ids
     for i in ids:
-        path = cli_run / "elites" / f"elite-{i:06d}.safetensors"
-        assert path.is_file()
-        with safe_open(str(path), "pt") as f:
-            assert len(list(f.keys())) > 0
+        assert len(loaded.solution(i)) == loaded.basis().length
+        assert set(loaded.vector(i)) == set(loaded.vector(0))
     for t in TASKS:
         assert (cli_run / "heatmaps" / f"{t}.png").read_bytes()[:4] == b"\x89PNG"
     assert (cli_run / ".hydra" / "config.yaml").is_file()
@@ -96,18 +100,28 @@ def test_resume_continues_exactly(tmp_path: Path, cache: Path):
 
 
 def test_lora_experts_stay_factored(tmp_path: Path, cache: Path):
-    summary = run(compose_tiny(cache, "experts=embedded_lora", generations=3), tmp_path / "lora")
+    """As task-vector files (rank growing with each mutation) and as genomes (rank bounded by the experts')."""
+    summary = run(compose_tiny(cache, "experts=embedded_lora", "genome=false", generations=3), tmp_path / "lora")
     assert summary["generations"] == 3
     elites = sorted((tmp_path / "lora" / "elites").glob("elite-*.safetensors"))
     assert elites
     with safe_open(str(elites[-1]), "pt") as f:
         keys = list(f.keys())
     assert keys and all(k.endswith("::A") or k.endswith("::B") for k in keys)
+    run(compose_tiny(cache, "experts=embedded_lora", generations=3), tmp_path / "genome")
+    loaded = load_run(tmp_path / "genome")
+    basis = loaded.basis()
+    for i in set(loaded.elites["id"]):
+        tv = basis.factored(loaded.solution(i))
+        assert tv.is_factored and max(d.rank for d in tv.values()) <= 3 * 8  # three rank-8 experts
+        dense = loaded.vector(i)  # at these tiny widths a dense delta is smaller than rank 24, so export takes it
+        for name, d in tv.items():
+            assert torch.allclose(d.dense(), dense[name], atol=1e-6)
 
 
 def test_cache_reuses_and_rebuilds(tmp_path: Path):
-    from cycleqd.embedded import EmbeddedRecipe, ExpertRecipe, TinyLlama, Training, ensure_embedded
     from cycleqd.components import build_tasks
+    from cycleqd.embedded import EmbeddedRecipe, ExpertRecipe, TinyLlama, Training, ensure_embedded
 
     tasks = build_tasks(compose_tiny(tmp_path))
     recipe = EmbeddedRecipe(

@@ -13,6 +13,7 @@ from cycleqd.archives import CyclicArchives
 from cycleqd.crossover import MergeCrossover
 from cycleqd.evolve import CycleQD
 from cycleqd.mutation import SVDMutation, expert_svds
+from cycleqd.operators import DenseOperators
 from cycleqd.store import EliteRecord, EliteStore
 from cycleqd.taskvector import TaskVector
 from tasks.base import Measure
@@ -44,15 +45,8 @@ def fake_evaluate(tv: TaskVector) -> dict[str, float]:
 def _make(root, seed: int = 0, children: int = 1, sigma: float = 0.1) -> CycleQD:
     arch = CyclicArchives(tasks=TASKS, measures={t: Measure(low=0, high=1, bins=10) for t in TASKS}, seed=seed)
     experts = _experts()
-    return CycleQD(
-        archives=arch,
-        store=EliteStore(root),
-        crossover=MergeCrossover(sigma=sigma),
-        mutation=SVDMutation(scale=0.3),
-        expert_svds={t: expert_svds(experts[t]) for t in TASKS},
-        children_per_generation=children,
-        seed=seed,
-    )
+    operators = DenseOperators(MergeCrossover(sigma=sigma), SVDMutation(scale=0.3), {t: expert_svds(experts[t]) for t in TASKS}, EliteStore(root))
+    return CycleQD(archives=arch, operators=operators, children_per_generation=children, seed=seed)
 
 
 def _seeded(root, **kw) -> CycleQD:
@@ -81,12 +75,12 @@ def _run(qd: CycleQD, generations: int) -> list:
 def test_seed_stores_experts_and_offers_them(tmp_path):
     qd = _seeded(tmp_path)
     assert qd.evaluations == 3
-    assert qd.store.ids() == {0, 1, 2}
+    assert qd.operators.store.ids() == {0, 1, 2}
     for k, t in enumerate(TASKS):
-        rec = qd.store.record(k)
+        rec = qd.operators.store.record(k)
         assert rec["origin"] == f"expert:{t}" and rec["generation"] == -1 and rec["parents"] == []
         assert rec["scores"] == EXPERT_SCORES[t]
-        assert torch.equal(qd.store.get(k)["w"], _experts()[t]["w"])
+        assert torch.equal(qd.operators.store.get(k)["w"], _experts()[t]["w"])
     for t in TASKS:
         assert _elite_ids(qd.archives.archives[t]) == {0, 1, 2}
 
@@ -96,13 +90,13 @@ def test_seed_stores_experts_and_offers_them(tmp_path):
 
 def test_loop_cycles_quality_and_uses_archive_elites(tmp_path):
     qd = _seeded(tmp_path, sigma=0.2)
-    xo, mut = qd.crossover, qd.mutation
+    xo, mut = qd.operators.crossover, qd.operators.mutation
     children_as_parents, evicted = 0, set()
     for g in range(9):
         q = TASKS[g % 3]
         elites_before = _elite_ids(qd.archives.archives[q])
         gen_state = qd.gen.get_state()
-        parent_vectors = {i: qd.store.get(i) for i in elites_before}
+        parent_vectors = {i: qd.operators.store.get(i) for i in elites_before}
 
         (cand,) = qd.ask()
         assert cand.generation == g
@@ -115,28 +109,28 @@ def test_loop_cycles_quality_and_uses_archive_elites(tmp_path):
         # oracle: the child is mutation(crossover(parents)) with the loop's generator stream
         oracle_gen = torch.Generator()
         oracle_gen.set_state(gen_state)
-        expected = mut(xo([parent_vectors[i] for i in cand.parents], oracle_gen), qd.expert_svds[q], oracle_gen)
+        expected = mut(xo([parent_vectors[i] for i in cand.parents], oracle_gen), qd.operators.svds[q], oracle_gen)
         assert torch.equal(cand.vector["w"], expected["w"])
 
         scores = fake_evaluate(cand.vector)
         qd.tell([cand], [scores])
         alive = qd.archives.alive_ids()
         evicted |= set(range(qd.next_id)) - alive
-        assert qd.store.ids() >= alive  # every elite is on disk; the dead wait for a checkpoint
+        assert qd.operators.store.ids() >= alive  # every elite is on disk; the dead wait for a checkpoint
         if cand.id not in alive:
-            assert not qd.store.path(cand.id).exists()  # a child no archive keeps is never written
-        qd.store.collect(alive)  # what the runner does once a checkpoint is committed
+            assert not qd.operators.store.path(cand.id).exists()  # a child no archive keeps is never written
+        qd.operators.store.collect(alive)  # what the runner does once a checkpoint is committed
         files = sorted(p.name for p in tmp_path.iterdir())
         assert files == sorted([f"elite-{i:06d}.safetensors" for i in alive] + [f"elite-{i:06d}.json" for i in alive])
         if cand.id in alive:
-            rec = qd.store.record(cand.id)
+            rec = qd.operators.store.record(cand.id)
             assert rec["parents"] == list(cand.parents)
             assert rec["origin"] == f"child:{q}"
             assert rec["scores"] == pytest.approx(scores)
-            assert torch.equal(qd.store.get(cand.id)["w"], cand.vector["w"])
+            assert torch.equal(qd.operators.store.get(cand.id)["w"], cand.vector["w"])
     # the run exercised both paths: children bred further, and replaced elites left the store
     assert children_as_parents > 0
-    assert evicted and not any(qd.store.path(i).exists() for i in evicted)
+    assert evicted and not any(qd.operators.store.path(i).exists() for i in evicted)
     assert qd.generation == 9
     assert qd.evaluations == 3 + 9
     assert qd.next_id == 3 + 9
@@ -200,7 +194,7 @@ def test_state_dict_round_trip_resumes_identically(tmp_path):
         assert x[0].parents == y[0].parents
         assert torch.equal(x[0].vector["w"], y[0].vector["w"])
     assert fresh.archives.alive_ids() == qd.archives.alive_ids()
-    assert fresh.store.ids() == qd.store.ids()
+    assert fresh.operators.store.ids() == qd.operators.store.ids()
 
 
 # -- the store ---------------------------------------------------------------------------

@@ -117,7 +117,7 @@ def test_peft_export_of_a_full_weight_elite_is_its_truncated_svd(cli_run: Path, 
 
     run = load_run(cli_run)
     elite_id = int(run.elites["id"].iloc[0])
-    tv = run.store.get(elite_id)
+    tv = run.vector(elite_id)
     out = export(cli_run, str(elite_id), "peft", tmp_path / "peft", rank=2)
     meta = json.loads((out / "cycleqd.json").read_text())
     assert all(0.0 < v <= 1.0 for v in meta["energy_kept"].values())

@@ -15,12 +15,12 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from cycleqd.configs import CONF_DIR
 from cycleqd.components import build, build_tasks
+from cycleqd.configs import CONF_DIR
 from cycleqd.errors import ConfigError
 from cycleqd.runner import Run
 from tests.runs import main, one_line_error
-from tests.tiny import compose_tiny, tiny_overrides
+from tests.tiny import tiny_overrides
 
 REPO = Path(__file__).resolve().parent.parent
 GROUPS = {g: sorted(p.stem for p in (Path(CONF_DIR) / g).glob("*.yaml")) for g in ("crossover", "mutation", "evaluator", "logger", "experiment")}

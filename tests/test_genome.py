@@ -1,0 +1,156 @@
+"""The genome is exact: children made on coefficients, then materialised, equal the
+children the dense/factored path makes from the same parents with the same draws."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from cycleqd.archives import CyclicArchives
+from cycleqd.crossover import MergeCrossover, MethodCrossover
+from cycleqd.evolve import CycleQD
+from cycleqd.genome import Basis, ExpertBasis, cached_expert_basis, content_hash
+from cycleqd.merging import Merge
+from cycleqd.mutation import SVDMutation, expert_svds
+from cycleqd.operators import DenseOperators, GenomeOperators, linear_in_genome
+from cycleqd.protocols import Measure
+from cycleqd.store import EliteStore
+from cycleqd.taskvector import LowRank, TaskVector, as_dense
+
+TASKS = ["a", "b", "c"]
+SHAPES = {
+    "model.embed_tokens.weight": (12, 6),
+    "model.layers.0.self_attn.q_proj.weight": (6, 6),
+    "model.layers.0.mlp.up_proj.weight": (10, 6),
+    "model.layers.0.post_attention_layernorm.weight": (6,),
+    "model.layers.1.self_attn.q_proj.weight": (6, 6),
+    "model.layers.1.mlp.down_proj.weight": (6, 10),
+}
+
+
+def _experts(kind: str) -> dict[str, TaskVector]:
+    out = {}
+    for k, t in enumerate(TASKS):
+        g = torch.Generator().manual_seed(10 + k)
+        deltas = {}
+        for name, shape in SHAPES.items():
+            if kind == "lora" and len(shape) == 2 and "embed" not in name:
+                deltas[name] = LowRank(torch.randn(shape[0], 3, generator=g) * 0.3, torch.randn(3, shape[1], generator=g) * 0.3)
+            else:
+                deltas[name] = torch.randn(shape, generator=g) * 0.1
+        out[t] = TaskVector(deltas)
+    return out
+
+
+def _setup(kind: str):
+    experts = _experts(kind)
+    svds = {t: expert_svds(tv) for t, tv in experts.items()}
+    basis = Basis(TASKS, {t: ExpertBasis.of(experts[t], svds[t]) for t in TASKS})
+    return experts, svds, basis
+
+
+CROSSOVERS = [
+    MergeCrossover(sigma=0.3, granularity="model"),
+    MergeCrossover(sigma=0.3, granularity="layer"),
+    MethodCrossover(merge=Merge("linear"), sigma=0.3),
+]
+
+
+def _close(genome_delta: torch.Tensor, dense: torch.Tensor) -> None:
+    scale = float(dense.abs().max()) + 1e-12
+    assert torch.allclose(genome_delta, dense, rtol=0, atol=2e-5 * scale), float((genome_delta - dense).abs().max()) / scale
+
+
+@pytest.mark.parametrize("kind", ["full", "lora"])
+@pytest.mark.parametrize("crossover", CROSSOVERS, ids=["model", "layer", "linear_merge"])
+def test_random_breeding_in_both_representations_makes_the_same_children(kind, crossover):
+    experts, svds, basis = _setup(kind)
+    mutation = SVDMutation(scale=0.5)
+    dense_ops = DenseOperators(crossover, mutation, svds, store=None)
+    genome_ops = GenomeOperators(crossover, mutation, basis)
+    dense_pop = [experts[t] for t in TASKS]
+    genome_pop = [basis.expert(t) for t in TASKS]
+    for t, x in zip(TASKS, genome_pop):  # an expert's genome is the expert
+        for name in SHAPES:
+            _close(basis.delta(x, name), as_dense(experts[t][name]))
+    pick = random.Random(3)
+    g_dense, g_genome = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    for _ in range(25):
+        i, j = pick.sample(range(len(dense_pop)), 2)
+        q = pick.choice(TASKS)
+        dense_child = dense_ops.child([dense_pop[i], dense_pop[j]], q, g_dense)
+        genome_child = genome_ops.child([genome_pop[i], genome_pop[j]], q, g_genome)
+        assert torch.equal(g_dense.get_state(), g_genome.get_state())  # the same draws, in the same order
+        for name in SHAPES:
+            _close(basis.delta(genome_child, name), as_dense(dense_child[name]))
+        dense_pop.append(dense_child)
+        genome_pop.append(genome_child)
+    # the factored form of a LoRA genome has rank at most the experts' ranks summed, forever
+    if kind == "lora":
+        tv = basis.factored(genome_pop[-1])
+        assert max(d.rank for d in tv.values() if isinstance(d, LowRank)) <= 3 * len(TASKS)
+        assert max(d.rank for d in dense_pop[-1].values() if isinstance(d, LowRank)) > 3 * len(TASKS)  # the dense path's grows
+
+
+def test_the_loop_keeps_the_same_archives_in_both_representations(tmp_path):
+    experts, svds, basis = _setup("full")
+    direction = {t: {n: torch.randn(s, generator=torch.Generator().manual_seed(99 + k)) for n, s in SHAPES.items()} for k, t in enumerate(TASKS)}
+
+    def evaluate(tv) -> dict[str, float]:
+        # coarse scores, so float32 rounding between the representations cannot split a tie
+        return {t: round(float(np.clip(0.5 + 0.02 * sum(float((tv[n] * direction[t][n]).sum()) for n in SHAPES), 0, 1)), 2) for t in TASKS}
+
+    def make(ops, solution_dim):
+        arch = CyclicArchives(tasks=TASKS, measures={t: Measure(0, 1, 10) for t in TASKS}, seed=1, solution_dim=solution_dim)
+        return CycleQD(archives=arch, operators=ops, seed=4)
+
+    crossover, mutation = MergeCrossover(sigma=0.3, granularity="layer"), SVDMutation(scale=0.5)
+    dense = make(DenseOperators(crossover, mutation, svds, EliteStore(tmp_path / "elites")), 1)
+    genome = make(GenomeOperators(crossover, mutation, basis), basis.length)
+    dense.seed(experts, {t: evaluate(tv) for t, tv in experts.items()})
+    genome.seed({t: basis.expert(t) for t in TASKS}, {t: evaluate(basis.view(basis.expert(t))) for t in TASKS})
+    for _ in range(30):
+        for qd, view in ((dense, lambda x: x), (genome, basis.view)):
+            cands = qd.ask()
+            qd.tell(cands, [evaluate(view(c.vector)) for c in cands])
+    for t in TASKS:
+        a, b = dense.archives.archives[t].data(), genome.archives.archives[t].data()
+        for key in ("id", "objective", "measures", "index", "generation", "parents"):
+            order_a, order_b = np.argsort(a["id"]), np.argsort(b["id"])
+            assert np.array_equal(a[key][order_a], b[key][order_b]), (t, key)
+    assert dense.archives.alive_ids() == genome.archives.alive_ids()
+    assert len(dense.archives.alive_ids()) > 3  # children entered the archives
+
+
+def test_entry_wise_operators_are_not_linear_in_the_genome():
+    assert linear_in_genome(MergeCrossover(), SVDMutation())
+    assert linear_in_genome(MethodCrossover(merge=Merge("linear")), SVDMutation())
+    assert not linear_in_genome(MethodCrossover(merge=Merge("ties")), SVDMutation())
+    assert not linear_in_genome(MergeCrossover(), SVDMutation(max_rank=4))  # truncation is not linear
+    from cycleqd.mutation import GaussianMutation
+
+    assert not linear_in_genome(MergeCrossover(), GaussianMutation())
+    with pytest.raises(ValueError, match="not linear"):
+        GenomeOperators(MethodCrossover(merge=Merge("ties")), SVDMutation(), _setup("full")[2])
+
+
+def test_bases_are_cached_by_expert_content(tmp_path):
+    experts = _experts("full")
+    calls = []
+
+    def svd(tv):
+        calls.append(1)
+        return expert_svds(tv)
+
+    first, key = cached_expert_basis(experts["a"], tmp_path, svd)
+    again, key2 = cached_expert_basis(experts["a"], tmp_path, svd)
+    assert key == key2 == content_hash(experts["a"]) and len(calls) == 1  # the second one came from disk
+    for name, s in first.svds.items():
+        assert torch.equal(s.U, again.svds[name].U) and torch.equal(s.S, again.svds[name].S)
+    assert set(again.deltas) == {"model.embed_tokens.weight", "model.layers.0.post_attention_layernorm.weight"}
+    assert list(again.svds) == sorted(first.svds)  # the order the mutation draws in, whatever the file order
+    cached_expert_basis(experts["b"], tmp_path, svd)
+    assert len(calls) == 2 and len(list((tmp_path / "bases").glob("*.safetensors"))) == 2
