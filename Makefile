@@ -1,7 +1,7 @@
 # make demo   set up .venv and run CycleQD on the embedded default
 # make test   set up .venv (with dev extras) and run the tests (about 5 minutes on 2 cores)
 # make test-slow  the long end-to-end runs: the demo from scratch, SmolLM2 (about 8 minutes)
-# make bench  operator and evaluation throughput tables
+# make bench  operator timings; genomes against task vectors (the demo in both: about 12 minutes)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -38,6 +38,7 @@ test-slow: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/operators.py
+	$(BIN)/python benchmarks/genome.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -222,6 +222,12 @@ class Basis:
     def view(self, c: np.ndarray) -> "GenomeView":
         return GenomeView(self, c)
 
+    def to(self, device: torch.device | str) -> "Basis":
+        """Move the bases to ``device`` (once: materialising a child then reads nothing from the host)."""
+        self.svds = {q: {n: SVD(s.U.to(device), s.S.to(device), s.Vh.to(device)) for n, s in svds.items()} for q, svds in self.svds.items()}
+        self.deltas = {k: LowRank(d.B.to(device), d.A.to(device)) if isinstance(d, LowRank) else d.to(device) for k, d in self.deltas.items()}
+        return self
+
     def nbytes(self) -> int:
         """Bytes the basis holds (what each evaluator keeps resident, once)."""
         n = sum(s.U.numel() + s.S.numel() + s.Vh.numel() for svds in self.svds.values() for s in svds.values())

@@ -96,6 +96,14 @@ class Run:
             self.basis_files[t] = str(root / "bases" / f"{key[:32]}.safetensors")
         if self.c.genome:
             self.basis = Basis(self.names, parts)
+            device = next(self.model.parameters()).device
+            if device.type == "cuda":
+                free, _ = torch.cuda.mem_get_info(device)
+                # Resident on the GPU when it fits with room to spare; otherwise each module's
+                # factors are copied over when a child is written (host memory holds them).
+                if self.basis.nbytes() < free // 2:
+                    self.basis.to(device)
+                log.info("expert bases: %.1f GiB, %s", self.basis.nbytes() / 2**30, "on the GPU" if self.basis.nbytes() < free // 2 else "streamed from host memory")
             operators = GenomeOperators(self.c.crossover, self.c.mutation, self.basis)
             archives = self.c.archives.with_solution_dim(self.basis.length)
             self.seeds = {t: self.basis.expert(t) for t in self.names}

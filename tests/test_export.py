@@ -170,3 +170,20 @@ def test_baselines_command_runs_the_static_merges_alone(cache: Path):
     for name in ("expert: addition", "baseline: task_arithmetic", "baseline: ties", "baseline: breadcrumbs"):
         assert name in proc.stdout
     assert "scale=" in proc.stdout
+
+
+def test_an_elite_exports_to_the_same_weights_from_either_representation(lively_run: Path, lively_genome_run: Path, tmp_path: Path):
+    """The two lively runs hold the same elites (same ids, same cells); exported, each is the same model."""
+    from safetensors.torch import load_file
+
+    dense, genome = load_run(lively_run), load_run(lively_genome_run)
+    assert not dense.genome and genome.genome
+    expert = int(dense.elites[dense.elites["generation"] < 0]["id"].iloc[0])
+    child = int(dense.elites[dense.elites["generation"] >= 0]["id"].iloc[0])
+    for i in (expert, child):
+        a = export(lively_run, str(i), "hf", tmp_path / f"dense-{i}")
+        b = export(lively_genome_run, str(i), "hf", tmp_path / f"genome-{i}")
+        wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+        assert wa.keys() == wb.keys()
+        for k in wa:
+            torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4)
