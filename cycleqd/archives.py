@@ -222,18 +222,25 @@ class CyclicArchives:
     # -- pickling: the occupied cells only -------------------------------------------------
     def __getstate__(self) -> dict:
         """A GridArchive allocates every cell's solution up front (cells × genome length);
-        a checkpoint keeps the occupied rows only, in pyribs' own order."""
-        fields = ("solution", "objective", "measures", "id", "scores", "generation", "parents")
+        a checkpoint keeps the occupied rows only, in pyribs' own order, and each elite's
+        solution once however many archives hold it."""
+        fields = ["objective", "measures", "id", "scores", "generation", "parents"]
+        solutions = {}
+        for a in self.archives.values():
+            data = a.data(["id", "solution"])
+            solutions.update({int(i): s for i, s in zip(data["id"], data["solution"])})
         return {
             "settings": {"tasks": self.tasks, "measures": self.measures, "sampling": self.sampling, "alpha": self.alpha,
                          "seed": self._seed, "solution_dim": self.solution_dim},
-            "rows": {t: a.data(list(fields)) for t, a in self.archives.items()},
+            "rows": {t: a.data(fields) for t, a in self.archives.items()},
+            "solutions": solutions,
         }
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(**state["settings"])
+        solutions = state["solutions"]
         for task, rows in state["rows"].items():
             archive = self.archives[task]
             # One by one, so the archive's order of elites (what parent sampling indexes) is the same.
             for j in range(len(rows["objective"])):
-                archive.add(**{k: [v[j]] for k, v in rows.items()})
+                archive.add(solution=[solutions[int(rows["id"][j])]], **{k: [v[j]] for k, v in rows.items()})

@@ -32,7 +32,9 @@ def test_archive_explorer_runs(cli_run: Path):
     assert len(images) >= 2  # heatmaps and curves
 
 
-def test_select_elites_runs_and_reloads_exactly(cli_run: Path, tmp_path: Path):
-    nb = _execute("select_elites.ipynb", {"run_dir": str(cli_run), "out_dir": str(tmp_path)})
+@pytest.mark.parametrize("fixture", ["cli_run", "lively_run"], ids=["genomes", "task vector files"])
+def test_select_elites_runs_and_reloads_exactly(fixture: str, request, tmp_path: Path):
+    run_dir = request.getfixturevalue(fixture)
+    nb = _execute("select_elites.ipynb", {"run_dir": str(run_dir), "out_dir": str(tmp_path)})
     assert list(tmp_path.glob("elite-*/model.safetensors"))
     assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
