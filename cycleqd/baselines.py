@@ -21,23 +21,25 @@ def mean(scores: Mapping[str, float]) -> float:
 def static_merges(
     experts: Sequence[TaskVector],
     specs: Mapping[str, BaselineSpec],
-    score: Callable[[TaskVector, str], Result],
+    scores: Callable[[list[tuple[TaskVector, str]]], list[Result]],
     seed: int,
 ) -> tuple[dict[str, dict[str, float]], dict[str, Any], dict[str, str]]:
-    """Test scores of each baseline's chosen merge, the choices, and the failed baselines (name → why)."""
+    """Test scores of each baseline's chosen merge, the choices, and the failed baselines (name → why).
+
+    ``scores`` evaluates a list of ``(task vector, split)`` at once (a pool's workers in parallel)."""
     out, chosen, failed = {}, {}, {}
     for name, spec in specs.items():
         merges = {}
         for lam, density, gamma in spec.grid:
             gen = torch.Generator().manual_seed(seed)
             merges[(lam, density, gamma)] = Merge(spec.method, density=density, gamma=gamma)(experts, [lam] * len(experts), gen)
-        opt = {k: score(tv, "opt") for k, tv in merges.items()}
+        opt = dict(zip(merges, scores([(tv, "opt") for tv in merges.values()])))
         ok = [k for k in spec.grid if not isinstance(opt[k], Failure)]
         if not ok:
             failed[name] = f"every grid point failed on opt, e.g. {opt[spec.grid[0]]}"
             continue
         best = max(ok, key=lambda k: (mean(opt[k]), -abs(k[0] - 0.5)))
-        test = score(merges[best], "test")
+        (test,) = scores([(merges[best], "test")])
         if isinstance(test, Failure):
             failed[name] = f"the chosen merge failed on test: {test}"
             continue

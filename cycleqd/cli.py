@@ -199,9 +199,12 @@ def _baselines(overrides: list[str]) -> None:
     cfg = compose(overrides)
     with tempfile.TemporaryDirectory() as tmp:
         r = Run(cfg, Path(tmp))
-        r.setup()
-        baselines, chosen, failed = static_merges([r.experts[t] for t in r.names], r.c.baselines, r.score, cfg.seed)
-        experts = {t: r.score(tv, "test") for t, tv in r.experts.items()}
+        try:
+            r.setup()
+            baselines, chosen, failed = static_merges([r.experts[t] for t in r.names], r.c.baselines, r.scores, cfg.seed)
+            experts = dict(zip(r.experts, r.scores([(tv, "test") for tv in r.experts.values()])))
+        finally:
+            r.pool.close()
     tasks = r.names
     width = max(len(n) for n in [*experts, *baselines, *failed]) + 12
     print("model".ljust(width) + "".join(t[:10].rjust(11) for t in tasks) + "mean".rjust(9) + "  chosen on opt")

@@ -12,7 +12,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
-from cycleqd.errors import ConfigError, EvaluationFailed
+from cycleqd.errors import EvaluationFailed
 from cycleqd.protocols import Failure, Result, Task, TextModel
 from cycleqd.taskvector import LowRank, TaskVector
 
@@ -123,34 +123,12 @@ def score_tasks(model: TextModel, tasks: Sequence[Task], split: str, timeout_s: 
     return scores
 
 
-class LocalEvaluator:
-    """Scores a text model on each task in this process (batched generation, CUDA when present).
-
-    Args:
-        timeout_s: Seconds one task may take to score one model before the model counts
-            as a failed evaluation (``None``: no limit).
-        max_consecutive_failures: Failed evaluations in a row after which the run stops
-            at a checkpoint with an error naming the last failure.
-    """
-
-    def __init__(self, *, timeout_s: float | None = 3600.0, max_consecutive_failures: int = 20) -> None:
-        if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(timeout_s, numbers.Real) or timeout_s <= 0):
-            raise ConfigError("timeout_s", f"must be a positive number of seconds or null, got {timeout_s!r}")
-        if isinstance(max_consecutive_failures, bool) or not isinstance(max_consecutive_failures, int) or max_consecutive_failures < 1:
-            raise ConfigError("max_consecutive_failures", f"must be a positive integer, got {max_consecutive_failures!r}")
-        self.timeout_s = None if timeout_s is None else float(timeout_s)
-        self.max_consecutive_failures = max_consecutive_failures
-
-    def __call__(self, model: TextModel, tasks: Sequence[Task], split: str) -> Result:
-        return score_tasks(model, tasks, split, self.timeout_s)
-
-
 def evaluate_model(model_dir, tasks: Sequence[Task], split: str = "test", *, batch_size: int = 256, device=None) -> dict[str, float]:
     """Scores of a saved transformers model (an exported elite, say) on ``tasks``, new ones included."""
     from cycleqd.models import HFTextModel, load_model
 
     model, tokenizer = load_model(model_dir, device)
-    result = LocalEvaluator(timeout_s=None)(HFTextModel(model, tokenizer, batch_size=batch_size), tasks, split)
+    result = score_tasks(HFTextModel(model, tokenizer, batch_size=batch_size), tasks, split)
     if isinstance(result, Failure):
         raise EvaluationFailed(f"evaluation of {str(model_dir)!r} failed: {result}")
     return dict(result)

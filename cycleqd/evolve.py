@@ -68,6 +68,7 @@ class CycleQD:
         self.failures: Counter[str] = Counter()
         self.consecutive_failures = 0
         self._asked: list[Candidate] | None = None
+        self.pending: dict[int, Candidate] = {}  # asked one by one (steady state), not told yet
 
     # -- seeding ------------------------------------------------------------------
     def seed(self, vectors: Mapping[str, Any], results: Mapping[str, Result], origin: str = "expert") -> dict[str, int]:
@@ -115,6 +116,30 @@ class CycleQD:
         self._asked = out
         return out
 
+    # -- steady state: one child at a time, several in flight -------------------------------
+    def ask_one(self) -> Candidate:
+        """One child while others are being evaluated (asynchronous steady state). The quality
+        task cycles per child: the ``g``-th child asked breeds from archive ``g mod K``, and
+        ``generation`` counts children, asked and told."""
+        if self._asked is not None:
+            raise RuntimeError("ask_one() while a generation asked with ask() is not told")
+        q = self.archives.quality_task(self.generation + len(self.pending))
+        picks = self.archives.sample_parents(q, 2, self.rng)
+        child = self.operators.child([self.operators.parent(p) for p in picks], q, self.gen)
+        c = Candidate(self._new_id(), self.generation + len(self.pending), q, tuple(p.id for p in picks), child)
+        self.pending[c.id] = c
+        return c
+
+    def tell_one(self, candidate: Candidate, result: Result) -> dict[str, int] | None:
+        """Offer one child asked with :meth:`ask_one`, in any order."""
+        if candidate.id not in self.pending:
+            raise ValueError(f"tell_one(): child {candidate.id} was not asked with ask_one() or was told already")
+        del self.pending[candidate.id]
+        status = self._offer(candidate.id, candidate.vector, result, candidate.generation, f"child:{candidate.quality_task}", candidate.parents)
+        self.evaluations += 1
+        self.generation += 1
+        return status
+
     def tell(self, candidates: Sequence[Candidate], results: Sequence[Result]) -> list[dict[str, int] | None]:
         """Offer each evaluated candidate to every archive; a :class:`Failure` is counted
         and offered nowhere. Returns pyribs' add status per archive (None for a failure)."""
@@ -151,6 +176,7 @@ class CycleQD:
             "evaluations": self.evaluations,
             "failures": dict(self.failures),
             "consecutive_failures": self.consecutive_failures,
+            "pending": list(self.pending.values()),  # in flight at the checkpoint: evaluated again on resume
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -162,3 +188,4 @@ class CycleQD:
         self.evaluations = state["evaluations"]
         self.failures = Counter(state.get("failures", {}))
         self.consecutive_failures = state.get("consecutive_failures", 0)
+        self.pending = {c.id: c for c in state.get("pending", [])}

@@ -235,6 +235,19 @@ class Basis:
         return 4 * n
 
 
+def place_basis(basis: Basis, device: torch.device) -> str:
+    """Move the bases to a CUDA ``device`` when they fit in half its free memory; otherwise
+    (or on a CPU) leave them in host memory, from where each module's factors are copied
+    when a child is written. Returns where they are, in words."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if basis.nbytes() < free // 2:
+            basis.to(device)
+            return f"{basis.nbytes() / 2**30:.1f} GiB on {device}"
+        return f"{basis.nbytes() / 2**30:.1f} GiB in host memory, streamed to {device}"
+    return f"{basis.nbytes() / 2**30:.2f} GiB in host memory"
+
+
 class GenomeView(Mapping[str, torch.Tensor]):
     """A genome seen as a task vector whose deltas are computed when read (on the reader's
     device, via :meth:`delta`), so a resident model is written without a dense copy of τ."""

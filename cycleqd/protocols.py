@@ -59,7 +59,7 @@ class Task(Protocol):
     # it before any model is built, so a data error surfaces first.
 
 
-FAILURE_REASONS = ("raised", "nonfinite_score", "out_of_range", "timeout", "nonfinite_weights")
+FAILURE_REASONS = ("raised", "nonfinite_score", "out_of_range", "timeout", "nonfinite_weights", "worker_lost")
 
 
 @dataclass(frozen=True)

@@ -28,13 +28,12 @@ from cycleqd.baselines import mean, static_merges
 from cycleqd.components import Components, build
 from cycleqd.embedded import cache_root
 from cycleqd.errors import ConfigError, DamagedFile, EvaluationFailed, RunInterrupted, TooManyFailures
-from cycleqd.evaluation import ResidentModel
 from cycleqd.evolve import CycleQD
 from cycleqd.experts import expert_vectors, locate_models
 from cycleqd.fileio import fault_point, read_json, remove, remove_temporaries, write_json, write_text
-from cycleqd.genome import Basis, cached_expert_basis
+from cycleqd.genome import Basis, cached_expert_basis, place_basis
 from cycleqd.lock import RunLock
-from cycleqd.models import HFTextModel, default_device, load_model
+from cycleqd.models import default_device, load_model
 from cycleqd.mutation import expert_svds
 from cycleqd.operators import DenseOperators, GenomeOperators
 from cycleqd.protocols import Failure, Result
@@ -43,6 +42,7 @@ from cycleqd.select import aggregate_best
 from cycleqd.stopping import Stop
 from cycleqd.store import EliteStore
 from cycleqd.taskvector import TaskVector
+from cycleqd.workers import Worker, WorkerSpec
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ class Run:
         self.t_start = time.perf_counter()
         self.stop = Stop()
         self.qd: CycleQD | None = None
+        self.pool = self.c.evaluator
 
     # -- models ---------------------------------------------------------------------------
     def setup(self) -> None:
@@ -86,8 +87,6 @@ class Run:
         key = "experts.paths" if cfg.experts.kind == "paths" else "experts"
         self.experts = expert_vectors(self.model, expert_dirs, fmt, key=key)
         touched = list(dict.fromkeys(n for tv in self.experts.values() for n in tv))
-        self.resident = ResidentModel(self.model, touched)
-        self.text_model = HFTextModel(self.model, tokenizer, batch_size=cfg.eval_batch_size)
         # The experts' SVDs, once per expert content, cached beside the models.
         root = Path(cfg.model.cache_dir) if cfg.model.get("cache_dir") else cache_root()
         parts, self.basis_files = {}, {}
@@ -96,14 +95,6 @@ class Run:
             self.basis_files[t] = str(root / "bases" / f"{key[:32]}.safetensors")
         if self.c.genome:
             self.basis = Basis(self.names, parts)
-            device = next(self.model.parameters()).device
-            if device.type == "cuda":
-                free, _ = torch.cuda.mem_get_info(device)
-                # Resident on the GPU when it fits with room to spare; otherwise each module's
-                # factors are copied over when a child is written (host memory holds them).
-                if self.basis.nbytes() < free // 2:
-                    self.basis.to(device)
-                log.info("expert bases: %.1f GiB, %s", self.basis.nbytes() / 2**30, "on the GPU" if self.basis.nbytes() < free // 2 else "streamed from host memory")
             operators = GenomeOperators(self.c.crossover, self.c.mutation, self.basis)
             archives = self.c.archives.with_solution_dim(self.basis.length)
             self.seeds = {t: self.basis.expert(t) for t in self.names}
@@ -114,22 +105,31 @@ class Run:
             self.seeds = self.experts
         self.operators = operators
         self.qd = CycleQD(archives=archives, operators=operators, children_per_generation=cfg.children_per_generation, seed=cfg.seed)
+        # Who scores: this process (its resident model), or a pool of workers built from the spec.
+        spec = WorkerSpec(
+            base_dir=str(base_dir),
+            device=cfg.device,
+            threads=cfg.threads,
+            eval_batch_size=cfg.eval_batch_size,
+            tasks=OmegaConf.to_container(cfg.task, resolve=True),
+            touched=tuple(touched),
+            timeout_s=self.pool.timeout_s,
+            seed=cfg.seed,
+        )
+        local = None
+        if self.pool.needs_local_worker:
+            if self.basis is not None:
+                log.info("expert bases: %s", place_basis(self.basis, next(self.model.parameters()).device))
+            local = Worker(self.model, tokenizer, self.tasks, touched, self.basis, eval_batch_size=cfg.eval_batch_size, timeout_s=self.pool.timeout_s)
+        self.pool.start(local, spec, self.basis)
 
-    def task_vector(self, x: TaskVector | np.ndarray | None):
-        """What the resident model is given for ``x``: the task vector, or a genome's view."""
-        if x is None or isinstance(x, TaskVector):
-            return x
-        return self.basis.view(x)
+    def scores(self, items: list[tuple[TaskVector | np.ndarray | None, str]]) -> list[Result]:
+        """Each ``(x, split)``'s scores of ``θ0 + x`` (a task vector or a genome), or the
+        :class:`Failure` that stopped it; evaluated at once when the pool has several workers."""
+        return self.pool.map(items)
 
     def score(self, x: TaskVector | np.ndarray | None, split: str) -> Result:
-        """Every task's score of ``θ0 + x`` (a task vector or a genome) on ``split``, or the
-        :class:`Failure` that stopped it."""
-        tv = self.task_vector(x)
-        if tv is not None and not tv.is_finite():
-            return Failure("nonfinite_weights", None, "the child holds NaN or inf; not evaluated")
-        fault_point(f"evaluate on {split}")
-        with self.resident.applied(tv):
-            return self.c.evaluator(self.text_model, self.tasks, split)
+        return self.scores([(x, split)])[0]
 
     @property
     def elapsed(self) -> float:
@@ -137,9 +137,7 @@ class Run:
 
     # -- the loop -------------------------------------------------------------------------
     def seed_archives(self) -> None:
-        self.experts_opt = {}
-        for t, x in self.seeds.items():
-            self.experts_opt[t] = self.score(x, "opt")
+        self.experts_opt = dict(zip(self.seeds, self.scores([(x, "opt") for x in self.seeds.values()])))
         ids = self.qd.seed(self.seeds, self.experts_opt)
         if not ids:
             reasons = "; ".join(f"{t}: {r}" for t, r in self.experts_opt.items())
@@ -168,49 +166,84 @@ class Run:
         self.store.collect(alive)
 
     def evolve(self) -> None:
-        """Generations until ``cfg.generations``: ask → evaluate → tell, checkpoints committed on the way."""
+        """Children until ``cfg.generations``, checkpoints committed on the way: a generation of
+        ``children_per_generation`` at a time (``sync``), or a new child whenever a worker
+        frees (``async``: ``generations`` then counts children)."""
         from tqdm.auto import tqdm
 
-        cfg, qd = self.cfg, self.qd
-        limit = getattr(self.c.evaluator, "max_consecutive_failures", None)
-        bar = tqdm(total=cfg.generations, initial=qd.generation, desc="cycleqd", disable=cfg.quiet or not sys.stderr.isatty(), dynamic_ncols=True)
-        while qd.generation < cfg.generations:
+        qd = self.qd
+        self.bar = tqdm(total=self.cfg.generations, initial=qd.generation, desc="cycleqd", disable=self.cfg.quiet or not sys.stderr.isatty(), dynamic_ncols=True)
+        try:
+            if getattr(self.pool, "mode", "sync") == "async":
+                self._evolve_async()
+            else:
+                while qd.generation < self.cfg.generations:
+                    fault_point(f"generation {qd.generation}")
+                    t0 = time.perf_counter()
+                    candidates = qd.ask()
+                    results = self.scores([(c.vector, "opt") for c in candidates])
+                    qd.tell(candidates, results)
+                    self._after(candidates, results, time.perf_counter() - t0)
+        finally:
+            self.bar.close()
+
+    def _evolve_async(self) -> None:
+        qd, pool = self.qd, self.pool
+        for c in list(qd.pending.values()):  # in flight when the last checkpoint was written
+            pool.submit(c.id, c.vector, "opt")
+        t0 = time.perf_counter()
+        while qd.generation < self.cfg.generations:
+            while not self.stop.requested and qd.generation + len(qd.pending) < self.cfg.generations and pool.in_flight < pool.num_workers:
+                c = qd.ask_one()
+                pool.submit(c.id, c.vector, "opt")
             fault_point(f"generation {qd.generation}")
-            t0 = time.perf_counter()
-            candidates = qd.ask()
-            results = [self.score(c.vector, "opt") for c in candidates]
-            qd.tell(candidates, results)
-            seconds = time.perf_counter() - t0
-            failures = [{"child": c.id, "reason": r.reason, "task": r.task, "message": r.message} for c, r in zip(candidates, results) if isinstance(r, Failure)]
-            stats = qd.archives.stats()
-            metrics = {
-                "generation": qd.generation - 1,
-                "quality_task": candidates[0].quality_task,
-                "evaluations": qd.evaluations,
-                "failed_evaluations": sum(qd.failures.values()),
-                "archives": stats,
-                "seconds": seconds,
-                "evaluations_per_s": len(candidates) / seconds,
-                "elapsed_s": self.elapsed,
-            }
-            if failures:
-                metrics["failures"] = failures
-            self.logger.log(metrics)
-            bar.set_postfix(q=metrics["quality_task"], evals_s=f"{metrics['evaluations_per_s']:.1f}", cov=",".join(f"{s['coverage']:.2f}" for s in stats.values()))
-            bar.update(1)
-            too_many = limit is not None and qd.consecutive_failures >= limit
-            periodic = cfg.checkpoint_every and qd.generation % cfg.checkpoint_every == 0
-            if too_many or self.stop.requested or periodic or qd.generation == cfg.generations:
-                self.commit()
-            if too_many:
-                last = failures[-1] if failures else {}
-                raise TooManyFailures(
-                    f"{qd.consecutive_failures} evaluations in a row failed (evaluator.max_consecutive_failures={limit}); "
-                    f"the last: {last.get('reason')} ({last.get('task')}): {last.get('message')}. Checkpoint written at "
-                    f"generation {qd.generation}; fix the cause, then: cycleqd resume {self.run_dir}"
-                )
-            self._check_stop()
-        bar.close()
+            key, result = pool.next_result()
+            c = qd.pending[key]
+            qd.tell_one(c, result)
+            now = time.perf_counter()
+            self._after([c], [result], now - t0)
+            t0 = now
+
+    def _after(self, candidates: list, results: list[Result], seconds: float) -> None:
+        """Log what was just told, commit a checkpoint when one is due, stop when asked to."""
+        cfg, qd = self.cfg, self.qd
+        limit = getattr(self.pool, "max_consecutive_failures", None)
+        failures = [{"child": c.id, "reason": r.reason, "task": r.task, "message": r.message} for c, r in zip(candidates, results) if isinstance(r, Failure)]
+        stats = qd.archives.stats()
+        metrics = {
+            "generation": qd.generation - 1,
+            "quality_task": candidates[0].quality_task,
+            "evaluations": qd.evaluations,
+            "failed_evaluations": sum(qd.failures.values()),
+            "archives": stats,
+            "seconds": seconds,
+            "evaluations_per_s": len(candidates) / seconds if seconds > 0 else None,
+            "elapsed_s": self.elapsed,
+            "workers": self.pool.utilisation(),
+            "in_flight": self.pool.in_flight,
+        }
+        if failures:
+            metrics["failures"] = failures
+        self.logger.log(metrics)
+        self.bar.set_postfix(
+            q=metrics["quality_task"],
+            evals_s=f"{len(candidates) / seconds:.1f}" if seconds > 0 else "-",
+            busy=",".join(f"{u:.0%}" for u in metrics["workers"]["utilisation"]),
+            cov=",".join(f"{s['coverage']:.2f}" for s in stats.values()),
+        )
+        self.bar.update(1)
+        too_many = limit is not None and qd.consecutive_failures >= limit
+        periodic = cfg.checkpoint_every and qd.generation % cfg.checkpoint_every == 0
+        if too_many or self.stop.requested or periodic or qd.generation == cfg.generations:
+            self.commit()
+        if too_many:
+            last = failures[-1] if failures else {}
+            raise TooManyFailures(
+                f"{qd.consecutive_failures} evaluations in a row failed (evaluator.max_consecutive_failures={limit}); "
+                f"the last: {last.get('reason')} ({last.get('task')}): {last.get('message')}. Checkpoint written at "
+                f"generation {qd.generation}; fix the cause, then: cycleqd resume {self.run_dir}"
+            )
+        self._check_stop()
 
     def _check_stop(self) -> None:
         if self.stop.requested:
@@ -232,7 +265,7 @@ class Run:
         scales = list(self.c.final.scales)
         best = scales[0]
         if len(scales) > 1:
-            opt = {s: self.score(self.operators.combine([merged], [s]), "opt") for s in scales}
+            opt = dict(zip(scales, self.scores([(self.operators.combine([merged], [s]), "opt") for s in scales])))
             ok = [s for s in scales if not isinstance(opt[s], Failure)]
             if ok:
                 best = max(ok, key=lambda s: (mean(opt[s]), -abs(s - 1.0)))
@@ -254,14 +287,16 @@ class Run:
         fault_point("final: start")
         final_tv, final_info = self.final_model()
         self._check_stop()
-        experts = {t: scored(f"expert:{t}", self.score(tv, "test")) for t, tv in self.experts.items()}
-        base = scored("base", self.score(None, "test"))
+        *expert_results, base_result = self.scores([(tv, "test") for tv in self.experts.values()] + [(None, "test")])
+        experts = {t: scored(f"expert:{t}", r) for t, r in zip(self.experts, expert_results)}
+        base = scored("base", base_result)
         self._check_stop()
-        baselines, chosen, failed_baselines = static_merges([self.experts[t] for t in self.names], self.c.baselines, self.score, self.cfg.seed)
+        baselines, chosen, failed_baselines = static_merges([self.experts[t] for t in self.names], self.c.baselines, self.scores, self.cfg.seed)
         failed.update({f"baseline:{k}": v for k, v in failed_baselines.items()})
         self._check_stop()
-        final = scored("final", self.score(final_tv, "test"))
-        final_opt = scored("final_opt", self.score(final_tv, "opt"))
+        final_test_result, final_opt_result = self.scores([(final_tv, "test"), (final_tv, "opt")])
+        final = scored("final", final_test_result)
+        final_opt = scored("final_opt", final_opt_result)
         fault_point("final: scored")
         summary = {
             "tasks": self.names,
@@ -338,22 +373,30 @@ def run(cfg: DictConfig, run_dir: str | Path, resume: bool = False, write_config
         r.stop = stop
         if ckpt is not None:
             r.store.verify(ckpt.elites)  # before minutes of model building
-        r.setup()
-        r.logger.start(run_dir, OmegaConf.to_container(cfg, resolve=True))
-        stop.graceful = True
-        remove(run_dir / "summary.json")
-        if ckpt is not None:
-            log.info("resuming %s from generation %d", run_dir, ckpt.generation)
-            r.restore(ckpt)
-            r.store.collect(r.qd.archives.alive_ids())  # files written after the checkpoint
-            r.logger.truncate(ckpt.generation)
-        else:
-            r.logger.truncate(0)
-            r.store.collect(())  # elites of an attempt killed before its first checkpoint
-            r.seed_archives()
-            r.commit()
-        r.evolve()
-        return r.finish()
+        try:
+            r.setup()
+            return _phases(r, run_dir, cfg, ckpt, stop)
+        finally:
+            r.pool.close()
+
+
+def _phases(r: Run, run_dir: Path, cfg: DictConfig, ckpt, stop: Stop) -> dict[str, Any]:
+    """Seed or restore, evolve, finish (the pool is up)."""
+    r.logger.start(run_dir, OmegaConf.to_container(cfg, resolve=True))
+    stop.graceful = True
+    remove(run_dir / "summary.json")
+    if ckpt is not None:
+        log.info("resuming %s from generation %d", run_dir, ckpt.generation)
+        r.restore(ckpt)
+        r.store.collect(r.qd.archives.alive_ids())  # files written after the checkpoint
+        r.logger.truncate(ckpt.generation)
+    else:
+        r.logger.truncate(0)
+        r.store.collect(())  # elites of an attempt killed before its first checkpoint
+        r.seed_archives()
+        r.commit()
+    r.evolve()
+    return r.finish()
 
 
 def load_config(run_dir: str | Path) -> DictConfig:

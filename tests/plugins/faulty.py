@@ -1,7 +1,11 @@
 """Plugins that misbehave on purpose: a task that raises, returns NaN, inf or 1.7, or
 hangs, and a mutation that makes NaN weights. ``FAULTY=<mode>:<every>:<split>`` in the
 environment switches the task's misbehaviour on for every ``every``-th evaluation on
-``split`` (kept out of the config so the embedded cache key does not change with it)."""
+``split`` (kept out of the config so the embedded cache key does not change with it).
+
+For worker pools, ``WORKER_FAULTS=<file>:<mode>:<n1,n2,...>`` counts evaluations on opt
+across all processes in ``file`` and, at those counts, kills the worker process
+(``die``) or hangs it where no alarm can reach it (``hang``)."""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ class FaultySorting(PartialSorting):
     calls: dict = field(default_factory=dict, repr=False, compare=False)
 
     def evaluate(self, model, split: str = "opt") -> float:
+        _worker_fault(split)
         value = super().evaluate(model, split)
         spec = os.environ.get("FAULTY")
         if not spec:
@@ -36,6 +41,28 @@ class FaultySorting(PartialSorting):
         if mode == "hang":
             time.sleep(3600)
         return {"nan": float("nan"), "inf": float("inf"), "big": 1.7, "none": None}[mode]
+
+
+def _worker_fault(split: str) -> None:
+    spec = os.environ.get("WORKER_FAULTS")
+    if not spec or split != "opt":
+        return
+    path, mode, at = spec.split(":")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, b".")
+    finally:
+        os.close(fd)
+    n = os.path.getsize(path)  # appends of one byte: the count across processes
+    if str(n) not in at.split(","):
+        return
+    if mode == "die":
+        os._exit(3)
+    if mode == "hang":
+        import signal
+
+        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM, signal.SIGINT, signal.SIGTERM])
+        time.sleep(3600)
 
 
 @dataclass(frozen=True)

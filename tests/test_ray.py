@@ -1,0 +1,130 @@
+"""The Ray evaluator pool: the same run as the local evaluator in sync mode, every worker
+busy in async mode, dead and hung workers replaced, resume after a driver crash, and no
+process left behind."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from cycleqd import checkpoint
+from tests.runs import REPO, cli, run_fingerprint
+from tests.tiny import lively_overrides
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs the ray extra")
+G = 12
+
+
+def _args(cache: Path, run_dir: Path, *extra: str, generations: int = G) -> list[str]:
+    return [*lively_overrides(cache, generations), "checkpoint_every=4", *extra, f"hydra.run.dir={run_dir}"]
+
+
+def _ray_processes(core_only: bool = False) -> set[str]:
+    """Ray's processes on this machine, as "pid args" (core: the raylet and the GCS server)."""
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout.splitlines()
+    found = set()
+    for line in out:
+        pid, _, args = line.strip().partition(" ")
+        if "raylet" in args or "gcs_server" in args or (not core_only and args.startswith("ray::")):
+            found.add(f"{pid} {args[:60]}")
+    return found
+
+
+@pytest.fixture(scope="module")
+def ray_sync(tmp_path_factory, cache) -> Path:
+    run_dir = tmp_path_factory.mktemp("ray") / "sync"
+    before = _ray_processes()
+    cli("run", *_args(cache, run_dir, "evaluator=ray"))
+    assert _ray_processes() <= before  # the pool shut down the Ray it started
+    return run_dir
+
+
+def test_sync_pool_is_the_local_run(ray_sync: Path, tmp_path: Path, cache: Path):
+    """Two workers, a generation of two children told in ask order: the run the local
+    evaluator makes with children_per_generation=2, to the last digit."""
+    local = tmp_path / "local"
+    cli("run", *_args(cache, local, "children_per_generation=2"))
+    assert run_fingerprint(ray_sync) == run_fingerprint(local)
+    metrics = [json.loads(x) for x in (ray_sync / "metrics.jsonl").read_text().splitlines()]
+    assert all(len(m["workers"]["busy_s"]) == 2 for m in metrics)
+    assert sum(metrics[-1]["workers"]["evaluations"]) == json.loads((ray_sync / "summary.json").read_text())["evaluations"]
+
+
+def test_driver_killed_mid_run_resumes_to_the_same_run(ray_sync: Path, tmp_path: Path, cache: Path):
+    run_dir = tmp_path / "run"
+    env = {"CYCLEQD_FAULT_AFTER": "generation 6", "CYCLEQD_FAULT_AT": "1:kill"}
+    proc = cli("run", *_args(cache, run_dir, "evaluator=ray"), env=env, check=False)
+    assert proc.returncode == -signal.SIGKILL and checkpoint.load(run_dir).generation == 4
+    time.sleep(2)
+    # Ray's core died with its driver (its agents follow within about a minute)
+    assert not _ray_processes(core_only=True), _ray_processes()
+    cli("resume", str(run_dir))
+    assert run_fingerprint(run_dir) == run_fingerprint(ray_sync)
+
+
+def test_async_keeps_the_quality_cycling_per_child(tmp_path: Path, cache: Path):
+    run_dir = tmp_path / "async"
+    cli("run", *_args(cache, run_dir, "evaluator=ray", "evaluator.mode=async", "children_per_generation=1", generations=24))
+    metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["generation"] for m in metrics] == list(range(24))
+    assert Counter(m["quality_task"] for m in metrics) == {"addition": 8, "reversal": 8, "sorting": 8}
+    last = metrics[-1]["workers"]
+    assert sum(last["evaluations"]) == 3 + 24 and all(n > 0 for n in last["evaluations"])
+    assert all(0 < u <= 1 for u in last["utilisation"])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["generations"] == 24 and summary["evaluations"] == 27
+
+
+def test_dead_and_hung_workers_are_replaced_and_their_child_tried_again(tmp_path: Path, cache: Path):
+    run_dir = tmp_path / "faults"
+    sorting = "task.sorting._target_=tests.plugins.faulty.FaultySorting"
+    # opt evaluations counted across processes: the 5th kills its worker, the retry (6th)
+    # succeeds; the 8th and its retry (9th) both kill theirs: a failed evaluation; the 11th hangs.
+    env = {"WORKER_FAULTS": f"{tmp_path / 'count'}:die:5,8,9", "CYCLEQD_FAULT_LOG": ""}
+    cli("run", *_args(cache, run_dir, "evaluator=ray", sorting), env=env)
+    failures = [f for line in (run_dir / "metrics.jsonl").read_text().splitlines() for f in json.loads(line).get("failures", [])]
+    assert [f["reason"] for f in failures] == ["worker_lost"]
+    workers = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["workers"]
+    assert sum(workers["restarts"]) == 3
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["failures"] == {"count": 1, "by_reason": {"worker_lost": 1}} and summary["generations"] == G
+
+    hung = tmp_path / "hung"
+    env = {"WORKER_FAULTS": f"{tmp_path / 'count2'}:hang:5"}
+    t0 = time.perf_counter()
+    cli("run", *_args(cache, hung, "evaluator=ray", sorting, "evaluator.hang_timeout_s=10", generations=4), env=env)
+    workers = json.loads((hung / "metrics.jsonl").read_text().splitlines()[-1])["workers"]
+    assert sum(workers["restarts"]) == 1 and time.perf_counter() - t0 < 120
+    assert json.loads((hung / "summary.json").read_text())["failures"]["count"] == 0  # the retry succeeded
+
+
+def test_ctrl_c_checkpoints_and_leaves_no_process(tmp_path: Path, cache: Path):
+    run_dir = tmp_path / "run"
+    before = _ray_processes()
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    args = [sys.executable, "-m", "cycleqd.cli", "run", *_args(cache, run_dir, "evaluator=ray", "evaluator.mode=async", "children_per_generation=1", generations=30)]
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 5):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Resume with: cycleqd resume" in err, err[-3000:]
+    time.sleep(2)
+    assert _ray_processes() <= before, _ray_processes() - before  # nothing of this run's Ray is left
+    ckpt = checkpoint.load(run_dir)
+    assert ckpt.generation >= 5 and ckpt.state["qd"]["pending"]  # the children in flight, to evaluate again
+    cli("resume", str(run_dir))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["generations"] == 30 and summary["evaluations"] == 33
