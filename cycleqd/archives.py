@@ -39,6 +39,9 @@ class CyclicArchives:
         sampling: ``"elite"`` (the paper's normalised, biased sampling) or ``"uniform"`` (ablation).
         alpha: ``(α_low, α_high)``, the range that the sampling normalises values into.
         seed: Seed of the archives' own RNG (pyribs).
+        quality: ``"task"`` (the paper: archive ``k``'s objective is task ``k``'s score, so the
+            quality cycles with the archives) or ``"mean"`` (ablation, no cycling: every
+            archive's objective is the mean score over all tasks; the measures stay).
         solution_dim: Length of a solution: 1 (the elite's id; its task vector lives in the
             elite store) or the genome's length (the archive holds the elite itself).
 
@@ -55,6 +58,7 @@ class CyclicArchives:
         alpha: tuple[float, float] = (0.5, 0.8),
         seed: int | None = None,
         solution_dim: int = 1,
+        quality: str = "task",
     ) -> None:
         if len(tasks) < 2:
             raise ValueError(f"CycleQD needs at least 2 tasks, got {list(tasks)}")
@@ -62,6 +66,7 @@ class CyclicArchives:
         if missing:
             raise ValueError(f"no measure range for tasks {missing}")
         require(sampling in ("elite", "uniform"), "sampling", f"must be 'elite' or 'uniform', got {sampling!r}")
+        require(quality in ("task", "mean"), "quality", f"must be 'task' or 'mean', got {quality!r}")
         require(
             matches(alpha, tuple[float, ...]) and len(alpha) == 2 and 0 < alpha[0] <= alpha[1],
             "alpha",
@@ -81,6 +86,7 @@ class CyclicArchives:
         self._seed = seed
         self.measures = dict(measures)
         self.sampling = sampling
+        self.quality = quality
         self.alpha = (float(lo), float(hi))
         self.archives: dict[str, GridArchive] = {}
         for k, task in enumerate(self.tasks):
@@ -102,7 +108,7 @@ class CyclicArchives:
 
     def with_solution_dim(self, solution_dim: int) -> "CyclicArchives":
         """Empty archives of the same settings whose solutions have ``solution_dim`` numbers."""
-        return CyclicArchives(tasks=self.tasks, measures=self.measures, sampling=self.sampling, alpha=self.alpha, seed=self._seed, solution_dim=solution_dim)
+        return CyclicArchives(tasks=self.tasks, measures=self.measures, sampling=self.sampling, alpha=self.alpha, seed=self._seed, solution_dim=solution_dim, quality=self.quality)
 
     @property
     def K(self) -> int:
@@ -145,7 +151,7 @@ class CyclicArchives:
             meas = np.clip(meas, lower, np.nextafter(upper, lower))
             res = archive.add(
                 solution=[sol],
-                objective=[scores[task]],
+                objective=[scores[task] if self.quality == "task" else float(vec.mean())],
                 measures=[meas],
                 id=[elite_id],
                 scores=[vec],
@@ -231,7 +237,7 @@ class CyclicArchives:
             solutions.update({int(i): s for i, s in zip(data["id"], data["solution"])})
         return {
             "settings": {"tasks": self.tasks, "measures": self.measures, "sampling": self.sampling, "alpha": self.alpha,
-                         "seed": self._seed, "solution_dim": self.solution_dim},
+                         "seed": self._seed, "solution_dim": self.solution_dim, "quality": self.quality},
             "rows": {t: a.data(fields) for t, a in self.archives.items()},
             "solutions": solutions,
         }

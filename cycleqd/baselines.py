@@ -24,7 +24,7 @@ def static_merges(
     scores: Callable[[list[tuple[TaskVector, str]]], list[Result]],
     seed: int,
 ) -> tuple[dict[str, dict[str, float]], dict[str, Any], dict[str, str]]:
-    """Test scores of each baseline's chosen merge, the choices, and the failed baselines (name → why).
+    """Test results of each baseline's chosen merge, the choices, and the failed baselines (name → why).
 
     ``scores`` evaluates a list of ``(task vector, split)`` at once (a pool's workers in parallel)."""
     out, chosen, failed = {}, {}, {}
@@ -32,7 +32,8 @@ def static_merges(
         merges = {}
         for lam, density, gamma in spec.grid:
             gen = torch.Generator().manual_seed(seed)
-            merges[(lam, density, gamma)] = Merge(spec.method, density=density, gamma=gamma)(experts, [lam] * len(experts), gen)
+            # λ multiplies the merge of equally weighted experts (mergekit's ``lambda``)
+            merges[(lam, density, gamma)] = Merge(spec.method, density=density, gamma=gamma)(experts, [1.0] * len(experts), gen).scale(lam)
         opt = dict(zip(merges, scores([(tv, "opt") for tv in merges.values()])))
         ok = [k for k in spec.grid if not isinstance(opt[k], Failure)]
         if not ok:
@@ -43,7 +44,7 @@ def static_merges(
         if isinstance(test, Failure):
             failed[name] = f"the chosen merge failed on test: {test}"
             continue
-        out[name] = dict(test)
+        out[name] = test  # with its per-item results, when the tasks give them
         chosen[name] = {
             "method": spec.method,
             "scale": best[0],

@@ -3,7 +3,7 @@
     cycleqd run [hydra overrides]      run CycleQD (``-m`` for a multirun sweep; dry_run=true: check only)
     cycleqd resume RUN_DIR [key=value] continue a run from its checkpoint (e.g. generations=600)
     cycleqd show RUN_DIR               print a run's summary as a table
-    cycleqd compare SWEEP_DIR          one table across a sweep's runs (also written as compare.csv)
+    cycleqd compare SWEEP_DIR [--by seed]  one table across a sweep's runs (also written as compare.csv)
     cycleqd select RUN_DIR --strategy best|pareto|topk|final|cell
     cycleqd export RUN_DIR --elite ID|best:TASK|final --format hf|peft --out DIR [--rank R]
     cycleqd evaluate MODEL_DIR [task=[a,b] ...]   score a saved model on tasks (test split)
@@ -129,16 +129,27 @@ def _score_cells(s: dict | None, tasks: list[str]) -> str:
     return "".join(f"{100 * s[t]:11.1f}" for t in tasks) + f"{100 * mean:9.1f}"
 
 
+def _difference(d: dict | None) -> str:
+    if not d:
+        return ""
+    lo, hi = d["ci"]
+    return f"  {100 * d['diff']:+6.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
 def format_summary(summary: dict) -> str:
     """The run's scores (held-out test split) as a plain-text table."""
     tasks = summary["tasks"]
-    rows = [(f"expert: {n}", s) for n, s in summary["experts"].items()]
-    rows += [(f"baseline: {n}", s) for n, s in summary["baselines"].items()]
-    rows.append(("cycleqd (final)", summary["final"]))
+    vs = summary.get("final_vs") or {}
+    rows = [(f"expert: {n}", s, vs.get(f"expert:{n}")) for n, s in summary["experts"].items()]
+    rows += [(f"baseline: {n}", s, vs.get(f"baseline:{n}")) for n, s in summary["baselines"].items()]
+    rows.append(("cycleqd (final)", summary["final"], None))
     width = max(len(r[0]) for r in rows) + 2
     head = "model".ljust(width) + "".join(t[:10].rjust(11) for t in tasks) + "mean".rjust(9)
+    head += "  final − model [95% CI]" if vs else ""
     lines = [head, "-" * len(head)]
-    lines += [name.ljust(width) + _score_cells(s, tasks) for name, s in rows]
+    lines += [name.ljust(width) + _score_cells(s, tasks) + _difference(d) for name, s, d in rows]
+    if vs:
+        lines.append("(test-mean points; paired bootstrap over the test prompts, stratified by task)")
     lines.append("")
     lines.append(f"generations {summary['generations']}, evaluations {summary['evaluations']}, wall time {summary['wall_time_s']:.0f}s")
     failures = summary.get("failures") or {}
@@ -167,10 +178,12 @@ def _show(run_dir: str) -> None:
         raise DamagedFile(path, f"not a cycleqd summary ({type(e).__name__}: {e})") from None
 
 
-def _compare(sweep_dir: str, csv_path: str | None) -> None:
-    from cycleqd.compare import compare, format_table, write_csv
+def _compare(sweep_dir: str, csv_path: str | None, by: str | None = None) -> None:
+    from cycleqd.compare import aggregate, compare, format_table, write_csv
 
     header, rows = compare(sweep_dir)
+    if by:
+        header, rows = aggregate(header, rows, by)
     print(format_table(header, rows))
     out = Path(csv_path) if csv_path else Path(sweep_dir) / "compare.csv"
     write_csv(out, header, rows)
@@ -257,6 +270,7 @@ def _parser(cmd: str, rest: list[str]) -> argparse.Namespace:
     elif cmd == "compare":
         parser.add_argument("sweep_dir")
         parser.add_argument("--csv", default=None, help="where to write the CSV (default SWEEP_DIR/compare.csv)")
+        parser.add_argument("--by", default=None, help="a config key to aggregate over (e.g. seed): mean ± sd per configuration")
     elif cmd == "select":
         parser.add_argument("--strategy", default="best", help="best | pareto | topk | final | cell")
         parser.add_argument("--k", type=int, default=5, help="how many, for topk")
@@ -310,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
             elif cmd == "resume":
                 _resume(args.run_dir, args.overrides)
             elif cmd == "compare":
-                _compare(args.sweep_dir, args.csv)
+                _compare(args.sweep_dir, args.csv, args.by)
             elif cmd == "select":
                 _select(args)
             elif cmd == "export":

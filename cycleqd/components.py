@@ -39,7 +39,7 @@ SETTINGS: dict[str, Any] = {
     "dry_run": bool,
     "genome": str | bool,
 }
-GROUPS = ("model", "experts", "task", "crossover", "mutation", "archive", "evaluator", "logger", "final", "baselines")
+GROUPS = ("model", "experts", "task", "crossover", "mutation", "archive", "evaluator", "logger", "final", "baselines", "search")
 MINIMUM = {"seed": 0, "generations": 1, "children_per_generation": 1, "checkpoint_every": 0, "eval_batch_size": 1, "threads": 1}
 BASELINE_KEYS = ("method", "scales", "density", "gamma")
 
@@ -76,6 +76,7 @@ class Components:
     baselines: dict[str, BaselineSpec]
     genome: bool
     warnings: tuple[str, ...] = ()
+    search: Any = None  # a cycleqd.searches.Search; None: CycleQD
 
     @property
     def names(self) -> list[str]:
@@ -253,8 +254,8 @@ def _baselines(cfg: DictConfig, n_experts: int) -> dict[str, BaselineSpec]:
 def _archives(cfg: DictConfig, tasks: list) -> CyclicArchives:
     node = plain(_setting(cfg, "archive"))
     require(isinstance(node, dict), "archive", f"must be a mapping, got {node!r}")
-    unknown = sorted(set(node) - {"sampling", "alpha"})
-    require(not unknown, f"archive.{unknown[0] if unknown else ''}", "unknown key (the keys are sampling, alpha)")
+    unknown = sorted(set(node) - {"sampling", "alpha", "quality"})
+    require(not unknown, f"archive.{unknown[0] if unknown else ''}", "unknown key (the keys are sampling, alpha, quality)")
     try:
         return CyclicArchives(
             tasks=[t.name for t in tasks],
@@ -262,6 +263,7 @@ def _archives(cfg: DictConfig, tasks: list) -> CyclicArchives:
             sampling=node.get("sampling", "elite"),
             alpha=node.get("alpha", (0.5, 0.8)),
             seed=cfg.seed,
+            quality=node.get("quality", "task"),
         )
     except ConfigError as e:
         raise e.under("archive") from None
@@ -285,8 +287,21 @@ def build(cfg: DictConfig) -> Components:
     final = _final(cfg)
     baselines = _baselines(cfg, len(tasks))
     genome = _genome(cfg, crossover, mutation)
+    search = _search(cfg)
     check_models(cfg, tasks)
-    return Components(tasks, crossover, mutation, archives, evaluator, logger, final, baselines, genome, tuple(warnings))
+    return Components(tasks, crossover, mutation, archives, evaluator, logger, final, baselines, genome, tuple(warnings), search)
+
+
+def _search(cfg: DictConfig) -> Any:
+    """The search of the run (``search=``; CycleQD when the config has none)."""
+    from cycleqd.searches import Search
+
+    node = _setting(cfg, "search")
+    if node is None:
+        return Search()
+    search = instantiate_node(node, "search")
+    require(isinstance(search, Search), "search", f"must build a cycleqd.searches.Search, got {type(search).__name__}")
+    return search
 
 
 def _genome(cfg: DictConfig, crossover: Any, mutation: Any) -> bool:

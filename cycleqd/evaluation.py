@@ -13,7 +13,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 
 from cycleqd.errors import EvaluationFailed
-from cycleqd.protocols import Failure, Result, Task, TextModel
+from cycleqd.protocols import Failure, ItemScores, Result, Task, TextModel, scored_by_items
 from cycleqd.taskvector import LowRank, TaskVector
 
 
@@ -99,15 +99,42 @@ def _one_line(e: BaseException) -> str:
     return line if len(line) <= 300 else line[:297] + "..."
 
 
-def score_tasks(model: TextModel, tasks: Sequence[Task], split: str, timeout_s: float | None = None) -> Result:
+def _check_items(task: str, values: Any) -> tuple[list[float] | None, Failure | None]:
+    try:
+        items = [float(v) for v in values]
+    except (TypeError, ValueError):
+        return None, Failure("out_of_range", task, f"evaluate_items returned {type(values).__name__}, not a sequence of numbers")
+    if not items:
+        return None, Failure("out_of_range", task, "evaluate_items returned no items")
+    bad = next((v for v in items if not math.isfinite(v) or not 0.0 <= v <= 1.0), None)
+    if bad is not None:
+        reason = "nonfinite_score" if not math.isfinite(bad) else "out_of_range"
+        return None, Failure(reason, task, f"an item scored {bad:g}, outside [0, 1]")
+    return items, None
+
+
+def score_tasks(model: TextModel, tasks: Sequence[Task], split: str, timeout_s: float | None = None, items: bool | None = None) -> Result:
     """Each task's score of ``model`` on ``split``, or the :class:`Failure` of the first task
     that raises, runs past ``timeout_s`` seconds, or returns something other than a
-    finite number in [0, 1]."""
-    scores = {}
+    finite number in [0, 1].
+
+    With ``items`` (default: on the test split) tasks scored item by item
+    (:class:`~cycleqd.protocols.ItemTask`) give their per-item results too, returned as
+    :class:`~cycleqd.protocols.ItemScores`."""
+    items = split == "test" if items is None else items
+    scores: dict[str, float] = {}
+    per_item: dict[str, list[float]] = {}
     for t in tasks:
         try:
             with deadline(timeout_s):
-                value = t.evaluate(model, split)
+                if items and scored_by_items(t):
+                    values, failure = _check_items(t.name, t.evaluate_items(model, split))
+                    if failure is not None:
+                        return failure
+                    per_item[t.name] = values
+                    value = sum(values) / len(values)
+                else:
+                    value = t.evaluate(model, split)
         except EvaluationTimeout:
             return Failure("timeout", t.name, f"no score after evaluator.timeout_s={timeout_s:g} seconds")
         except Exception as e:
@@ -120,7 +147,7 @@ def score_tasks(model: TextModel, tasks: Sequence[Task], split: str, timeout_s: 
         if not 0.0 <= value <= 1.0:
             return Failure("out_of_range", t.name, f"returned {value:g}, outside [0, 1]")
         scores[t.name] = value
-    return scores
+    return ItemScores(scores, per_item) if per_item else scores
 
 
 def evaluate_model(model_dir, tasks: Sequence[Task], split: str = "test", *, batch_size: int = 256, device=None) -> dict[str, float]:

@@ -4,13 +4,16 @@ crossover operators and as baselines.
 Per tensor, for task deltas ``τ_1..τ_n`` with weights ``w_i``:
 
 - ``linear`` (task arithmetic): ``Σ w_i τ_i``.
-- ``ties`` (Yadav et al., 2023): keep the ``density`` largest-magnitude entries of each
-  ``τ_i``; elect each entry's sign as the sign of ``Σ_i trimmed τ_i``; average the weighted
-  entries that agree with it (``Σ w_i τ_i [agree] / #agree``).
+- ``ties`` (Yadav et al., 2023): keep the ``⌊density·n⌋`` largest-magnitude entries of each
+  ``τ_i``; elect each entry's sign as the sign of ``Σ_i w_i trimmed τ_i``; take the weighted
+  mean of the entries that agree with it, ``Σ w_i τ_i [agree] / Σ w_i [agree]`` (mergekit's
+  ``normalize: true``). The result is on the scale of one ``τ_i`` whatever the weights'
+  sum, so normalised crossover weights and equal baseline weights give the same scale; a
+  baseline's ``λ`` multiplies the merge afterwards (mergekit's ``lambda``).
 - ``dare`` (Yu et al., 2024): drop each entry with probability ``1 − density`` and
   rescale the rest by ``1/density``, then combine by ``linear`` or by ``ties`` sign election.
-- ``breadcrumbs`` (Davari & Belilovsky, 2024): drop the ``gamma`` fraction of largest
-  magnitudes (outliers) and keep the next ``density`` fraction, then ``linear``.
+- ``breadcrumbs`` (Davari & Belilovsky, 2024): drop the ``⌊gamma·n⌋`` largest magnitudes
+  (outliers), keep the next ``⌊density·n⌋``, then ``linear`` (mergekit's ``breadcrumbs``).
 - ``slerp`` (two vectors): spherical interpolation ``sin((1−t)Ω)/sin Ω · τ_1 + sin(tΩ)/sin Ω · τ_2``
   with ``Ω`` the angle between the flattened tensors (linear when nearly parallel).
 
@@ -46,10 +49,15 @@ def ties(tensors: Sequence[torch.Tensor], weights: Sequence[float], density: flo
 
 
 def _disjoint_merge(stack: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
-    sign = torch.where(stack.sum(0) >= 0, 1.0, -1.0).to(stack.dtype)
     w = torch.tensor(list(weights), dtype=stack.dtype).view(-1, *([1] * (stack.ndim - 1)))
-    agree = (torch.sign(stack) == sign) & (stack != 0)
-    return (stack * w * agree).sum(0) / agree.sum(0).clamp(min=1)
+    weighted = stack * w
+    sign = torch.where(weighted.sum(0) >= 0, 1.0, -1.0).to(stack.dtype)
+    agree = ((torch.sign(weighted) == sign) & (stack != 0)).to(stack.dtype)
+    divisor = (w * agree).sum(0)
+    # Dividing by the agreeing weights, not by their count: with weights summing to 1 a
+    # count would shrink the merge to ≈ 1/n of each τ_i.
+    divisor = torch.where(divisor.abs() < 1e-12, torch.ones_like(divisor), divisor)
+    return (weighted * agree).sum(0) / divisor
 
 
 def dare(
@@ -63,12 +71,23 @@ def dare(
     return _disjoint_merge(torch.stack(kept), weights)
 
 
+def breadcrumbs_mask(t: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
+    """Mask that drops the ``⌊gamma·n⌋`` largest magnitudes of ``t`` and keeps the next
+    ``⌊density·n⌋``; when the two together pass ``n``, fewer outliers are dropped so that
+    ``⌊density·n⌋`` are still kept (mergekit's ``magnitude_outliers``)."""
+    n = t.numel()
+    keep = int(density * n)
+    top = min(int(gamma * n), n - keep)
+    order = torch.argsort(t.abs().flatten(), descending=True, stable=True)
+    mask = torch.zeros(n, dtype=torch.bool, device=t.device)
+    mask[order[top : top + keep]] = True
+    return mask.view_as(t)
+
+
 def breadcrumbs(tensors: Sequence[torch.Tensor], weights: Sequence[float], density: float, gamma: float) -> torch.Tensor:
     out = 0
     for t, w in zip(tensors, weights):
-        top = magnitude_mask(t, gamma)
-        keep = magnitude_mask(t, min(1.0, density + gamma)) & ~top
-        out = out + w * t * keep
+        out = out + w * t * breadcrumbs_mask(t, density, gamma)
     return out
 
 

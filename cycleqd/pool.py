@@ -59,6 +59,7 @@ class LocalEvaluator:
         self.stats = [WorkerStats()]
         self.t_start = time.perf_counter()
         self.in_flight = 0
+        self.queue_depth = 0
 
     def start(self, local_worker, spec, basis) -> None:
         self.worker = local_worker

@@ -57,6 +57,26 @@ class Task(Protocol):
 
     # Optional: ``prepare()`` loads or draws the evaluation data; the config check calls
     # it before any model is built, so a data error surfaces first.
+    # Tasks scored item by item derive from :class:`ItemTask`: test-split scores then carry
+    # the per-item results, and a run reports paired bootstrap intervals of its differences.
+
+
+class ItemTask:
+    """A task scored item by item: implement ``evaluate_items(model, split)``, one result in
+    [0, 1] per item of the split in a fixed order; ``evaluate`` is their mean. A subclass
+    that overrides ``evaluate`` is scored by it alone (its items are not used)."""
+
+    def evaluate_items(self, model: TextModel, split: str = "opt") -> Sequence[float]:
+        raise NotImplementedError
+
+    def evaluate(self, model: TextModel, split: str = "opt") -> float:
+        values = self.evaluate_items(model, split)
+        return sum(values) / len(values)
+
+
+def scored_by_items(task: Any) -> bool:
+    """Whether ``task``'s score is the mean of its ``evaluate_items`` (not overridden)."""
+    return isinstance(task, ItemTask) and type(task).evaluate is ItemTask.evaluate
 
 
 FAILURE_REASONS = ("raised", "nonfinite_score", "out_of_range", "timeout", "nonfinite_weights", "worker_lost")
@@ -73,6 +93,15 @@ class Failure:
 
     def __str__(self) -> str:
         return f"{self.reason} ({self.task}): {self.message}" if self.task else f"{self.reason}: {self.message}"
+
+
+class ItemScores(dict):
+    """Each task's score (a plain ``task → float`` mapping), with the per-item results behind
+    it: ``per_item[task]`` is one number per item of the split, in the task's order."""
+
+    def __init__(self, scores: Mapping[str, float], items: Mapping[str, Sequence[float]]) -> None:
+        super().__init__(scores)
+        self.per_item = {t: list(map(float, v)) for t, v in items.items()}
 
 
 Scores = Mapping[str, float]

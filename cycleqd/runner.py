@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import resource
 import sys
 import time
 from pathlib import Path
@@ -39,6 +40,7 @@ from cycleqd.operators import DenseOperators, GenomeOperators
 from cycleqd.protocols import Failure, Result
 from cycleqd.reports import elite_table, heatmaps
 from cycleqd.select import aggregate_best
+from cycleqd.stats import compare_to
 from cycleqd.stopping import Stop
 from cycleqd.store import EliteStore
 from cycleqd.taskvector import TaskVector
@@ -73,6 +75,7 @@ class Run:
         self.stop = Stop()
         self.qd: CycleQD | None = None
         self.pool = self.c.evaluator
+        self.best_opt_mean = float("-inf")  # the best mean opt score of any model evaluated so far
 
     # -- models ---------------------------------------------------------------------------
     def setup(self) -> None:
@@ -138,6 +141,7 @@ class Run:
     # -- the loop -------------------------------------------------------------------------
     def seed_archives(self) -> None:
         self.experts_opt = dict(zip(self.seeds, self.scores([(x, "opt") for x in self.seeds.values()])))
+        self._track_best(self.experts_opt.values())
         ids = self.qd.seed(self.seeds, self.experts_opt)
         if not ids:
             reasons = "; ".join(f"{t}: {r}" for t, r in self.experts_opt.items())
@@ -149,6 +153,7 @@ class Run:
             raise ConfigError("genome", f"the checkpoint holds {'genomes' if genome else 'task vectors'}; resume with genome={str(genome).lower()}")
         self.qd.load_state_dict(ckpt.state["qd"])
         self.experts_opt = ckpt.state["experts_opt"]
+        self.best_opt_mean = ckpt.state.get("best_opt_mean", float("-inf"))
         self.elapsed_before = ckpt.state["elapsed_s"]
         self.t_start = time.perf_counter()
 
@@ -157,6 +162,7 @@ class Run:
         state = {
             "qd": self.qd.state_dict(),
             "experts_opt": self.experts_opt,
+            "best_opt_mean": self.best_opt_mean,
             "elapsed_s": self.elapsed,
             "genome": self.c.genome,
             "bases": self.basis_files,  # where load_run finds the bases of genome elites
@@ -204,9 +210,15 @@ class Run:
             self._after([c], [result], now - t0)
             t0 = now
 
+    def _track_best(self, results) -> None:
+        for r in results:
+            if not isinstance(r, Failure):
+                self.best_opt_mean = max(self.best_opt_mean, mean(r))
+
     def _after(self, candidates: list, results: list[Result], seconds: float) -> None:
         """Log what was just told, commit a checkpoint when one is due, stop when asked to."""
         cfg, qd = self.cfg, self.qd
+        self._track_best(results)
         limit = getattr(self.pool, "max_consecutive_failures", None)
         failures = [{"child": c.id, "reason": r.reason, "task": r.task, "message": r.message} for c, r in zip(candidates, results) if isinstance(r, Failure)]
         stats = qd.archives.stats()
@@ -216,11 +228,14 @@ class Run:
             "evaluations": qd.evaluations,
             "failed_evaluations": sum(qd.failures.values()),
             "archives": stats,
+            "best_opt_mean": self.best_opt_mean,  # any model so far, experts included: the search's progress curve
             "seconds": seconds,
             "evaluations_per_s": len(candidates) / seconds if seconds > 0 else None,
             "elapsed_s": self.elapsed,
             "workers": self.pool.utilisation(),
             "in_flight": self.pool.in_flight,
+            "queue_depth": self.pool.queue_depth,
+            "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }
         if failures:
             metrics["failures"] = failures
@@ -229,6 +244,7 @@ class Run:
             q=metrics["quality_task"],
             evals_s=f"{len(candidates) / seconds:.1f}" if seconds > 0 else "-",
             busy=",".join(f"{u:.0%}" for u in metrics["workers"]["utilisation"]),
+            queue=metrics["queue_depth"],
             cov=",".join(f"{s['coverage']:.2f}" for s in stats.values()),
         )
         self.bar.update(1)
@@ -273,44 +289,57 @@ class Run:
         info["scale"] = best
         return self.operators.combine([merged], [best]), info
 
-    def finish(self) -> dict[str, Any]:
+    def finish(self, searched: tuple[Any, dict[str, Any]] | None = None) -> dict[str, Any]:
         """Final model, experts and baselines on the test split; then final.safetensors, the
-        elite table, heatmaps and, last, summary.json (its presence marks a finished run)."""
+        elite table, heatmaps and, last, summary.json (its presence marks a finished run).
+
+        ``searched``: the final model and its record when another search chose it (then the
+        run has no archives)."""
         failed: dict[str, Any] = {}
+        items: dict[str, dict[str, list[float]]] = {}  # model → task → per-item test results
 
         def scored(what: str, result: Result) -> dict[str, float] | None:
             if isinstance(result, Failure):
                 failed[what] = str(result)
                 return None
+            if getattr(result, "per_item", None) and set(result.per_item) == set(self.names):
+                items[what] = result.per_item
             return dict(result)
 
         fault_point("final: start")
-        final_tv, final_info = self.final_model()
+        final_tv, final_info = searched if searched is not None else self.final_model()
         self._check_stop()
         *expert_results, base_result = self.scores([(tv, "test") for tv in self.experts.values()] + [(None, "test")])
         experts = {t: scored(f"expert:{t}", r) for t, r in zip(self.experts, expert_results)}
         base = scored("base", base_result)
         self._check_stop()
-        baselines, chosen, failed_baselines = static_merges([self.experts[t] for t in self.names], self.c.baselines, self.scores, self.cfg.seed)
+        baseline_results, chosen, failed_baselines = static_merges([self.experts[t] for t in self.names], self.c.baselines, self.scores, self.cfg.seed)
+        baselines = {name: scored(f"baseline:{name}", r) for name, r in baseline_results.items()}
         failed.update({f"baseline:{k}": v for k, v in failed_baselines.items()})
         self._check_stop()
         final_test_result, final_opt_result = self.scores([(final_tv, "test"), (final_tv, "opt")])
         final = scored("final", final_test_result)
         final_opt = scored("final_opt", final_opt_result)
         fault_point("final: scored")
+        # Paired bootstrap over the test items: is the final model's lead real or sampling noise?
+        final_vs = compare_to("final", items, seed=self.cfg.seed) if "final" in items else {}
         summary = {
             "tasks": self.names,
+            "search": self.c.search.name,
             "generations": self.qd.generation,
             "evaluations": self.qd.evaluations,
+            # every evaluation on the opt split that chose the final model (the budget of a comparison)
+            "opt_evaluations": self.qd.evaluations + (len(final_info.get("opt_mean", {})) if searched is None else 0),
             "experts": {t: s for t, s in experts.items() if s is not None},
             "base": base,
             "baselines": baselines,
             "final": final,
             "final_opt": final_opt,
+            "final_vs": final_vs,  # test-mean difference final − model, with its 95% paired bootstrap interval
             "final_elites": final_info,
             "baseline_choices": chosen,
             "experts_opt": {t: dict(r) for t, r in self.experts_opt.items() if not isinstance(r, Failure)},
-            "archives": self.qd.archives.stats(),
+            "archives": self.qd.archives.stats() if searched is None else {},
             "failures": {"count": sum(self.qd.failures.values()), "by_reason": dict(sorted(self.qd.failures.items()))},
             "failed": failed | {f"expert_opt:{t}": str(r) for t, r in self.experts_opt.items() if isinstance(r, Failure)},
             "wall_time_s": self.elapsed,
@@ -318,8 +347,10 @@ class Run:
         }
         final_vector = final_tv if self.basis is None else self.basis.task_vector(final_tv)
         final_vector.save(self.run_dir / "final.safetensors", metadata={"elites": json.dumps(final_info)})
-        elite_table(self.qd.archives, self.run_dir)
-        self.logger.log_images(heatmaps(self.qd.archives, self.run_dir))
+        write_json(self.run_dir / "test_items.json", items)
+        if searched is None:
+            elite_table(self.qd.archives, self.run_dir)
+            self.logger.log_images(heatmaps(self.qd.archives, self.run_dir))
         write_json(self.run_dir / "summary.json", summary)
         self.logger.finish(summary)
         return summary
@@ -385,6 +416,8 @@ def _phases(r: Run, run_dir: Path, cfg: DictConfig, ckpt, stop: Stop) -> dict[st
     r.logger.start(run_dir, OmegaConf.to_container(cfg, resolve=True))
     stop.graceful = True
     remove(run_dir / "summary.json")
+    if r.c.search.name != "cycleqd":
+        return _search(r)
     if ckpt is not None:
         log.info("resuming %s from generation %d", run_dir, ckpt.generation)
         r.restore(ckpt)
@@ -397,6 +430,33 @@ def _phases(r: Run, run_dir: Path, cfg: DictConfig, ckpt, stop: Stop) -> dict[st
         r.commit()
     r.evolve()
     return r.finish()
+
+
+def _search(r: Run) -> dict[str, Any]:
+    """A comparison search (CMA-ES, random) over per-layer merge coefficients, at CycleQD's
+    budget; its best model on the opt split is the final model. It keeps no checkpoint: a
+    resumed search starts over."""
+    from cycleqd.searches import LayerCoefficients, run_search
+
+    cfg, search = r.cfg, r.c.search
+    r.logger.truncate(0)
+    space = LayerCoefficients(r.names, r.experts, r.basis)
+    budget = search.budget(len(r.names), cfg.generations, cfg.children_per_generation, len(r.c.final.scales))
+    t0 = time.perf_counter()
+
+    def on_batch(m: dict) -> None:
+        nonlocal t0
+        now = time.perf_counter()
+        r.logger.log({**m, "generation": m["evaluations"] - 1, "seconds": now - t0, "elapsed_s": r.elapsed, "workers": r.pool.utilisation()})
+        t0 = now
+        r._check_stop()
+
+    x, result, counts = run_search(search, space, r.scores, budget, cfg.seed, on_batch)
+    if x is None or isinstance(result, Failure):
+        raise EvaluationFailed(f"search={search.name}: every one of {budget} candidates failed on the opt split")
+    info = {"search": search.name, "coefficients": space.describe(x), "opt_mean": mean(result), **counts}
+    r.qd.evaluations = counts["evaluations"]
+    return r.finish((space.child(x), info))
 
 
 def load_config(run_dir: str | Path) -> DictConfig:

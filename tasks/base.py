@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from cycleqd.checks import check_fields, require
-from cycleqd.protocols import Measure, TextModel
+from cycleqd.protocols import ItemTask, Measure, TextModel
 
 __all__ = ["SPLITS", "Measure", "StringTask", "SyntheticTask", "TextModel"]
 
@@ -17,7 +17,7 @@ MAX_MISSES = 10_000  # draws in a row that give nothing new: the prompt space is
 
 
 @dataclass
-class SyntheticTask:
+class SyntheticTask(ItemTask):
     """A task whose items come from a seeded generator and are scored by exact match.
 
     Subclasses implement :meth:`sample`, one ``(prompt, answer)`` pair from an RNG.
@@ -115,13 +115,13 @@ class SyntheticTask:
     def score(self, output: str, answer: str) -> float:
         return float(output.strip() == answer)
 
-    def evaluate(self, model: TextModel, split: str = "opt") -> float:
-        """Mean exact-match score of greedy outputs on ``split``, in [0, 1]."""
+    def evaluate_items(self, model: TextModel, split: str = "opt") -> list[float]:
+        """Exact match (0 or 1) of the greedy output on each item of ``split``, in order."""
         items = self.split(split)
         outputs = model.generate(
             [p for p, _ in items], max_new_tokens=self.max_new_tokens, stop=(self.stop,)
         )
-        return sum(self.score(o, a) for o, (_, a) in zip(outputs, items)) / len(items)
+        return [self.score(o, a) for o, (_, a) in zip(outputs, items)]
 
 
 @dataclass

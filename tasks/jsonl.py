@@ -14,13 +14,13 @@ from pathlib import Path
 
 from cycleqd.checks import check_fields, require
 from cycleqd.errors import ConfigError
-from cycleqd.protocols import Measure, TextModel
+from cycleqd.protocols import ItemTask, Measure, TextModel
 from cycleqd.sandbox import Limits, run_python
 from tasks.base import SPLITS
 
 
 @dataclass
-class JsonlTask:
+class JsonlTask(ItemTask):
     """A task whose evaluation items are read from ``path``.
 
     Args:
@@ -95,12 +95,11 @@ class JsonlTask:
             return float(output.strip() == str(item["answer"]).strip())
         return float(run_python(output + "\n\n" + item["tests"] + "\n", self.limits).passed)
 
-    def evaluate(self, model: TextModel, split: str = "opt") -> float:
+    def evaluate_items(self, model: TextModel, split: str = "opt") -> list[float]:
+        """Each item's score (0 or 1) on ``split``, in file order."""
         items = self.split(split)
         outputs = model.generate([i["prompt"] for i in items], max_new_tokens=self.max_new_tokens, stop=tuple(self.stop))
         if self.scorer == "exact" or self.workers == 1:
-            scores = [self.score(o, i) for o, i in zip(outputs, items)]
-        else:
-            with ThreadPoolExecutor(self.workers) as pool:
-                scores = list(pool.map(self.score, outputs, items))
-        return sum(scores) / len(items)
+            return [float(self.score(o, i)) for o, i in zip(outputs, items)]
+        with ThreadPoolExecutor(self.workers) as pool:
+            return [float(s) for s in pool.map(self.score, outputs, items)]

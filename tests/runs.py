@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-TIMING = ("seconds", "evaluations_per_s", "elapsed_s", "workers", "in_flight")  # how, not what
+TIMING = ("seconds", "evaluations_per_s", "elapsed_s", "workers", "in_flight", "queue_depth", "driver_peak_rss_mb")  # how, not what
 
 
 def cli(*args: str, env: dict | None = None, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -23,7 +23,7 @@ from tests.runs import main, one_line_error
 from tests.tiny import tiny_overrides
 
 REPO = Path(__file__).resolve().parent.parent
-GROUPS = {g: sorted(p.stem for p in (Path(CONF_DIR) / g).glob("*.yaml")) for g in ("crossover", "mutation", "evaluator", "logger", "experiment")}
+GROUPS = {g: sorted(p.stem for p in (Path(CONF_DIR) / g).glob("*.yaml")) for g in ("crossover", "mutation", "evaluator", "logger", "experiment", "search")}
 
 
 def _compose(*overrides: str):
@@ -52,6 +52,9 @@ BAD_VALUES = [
     ("task.addition.n_opt=abc", "task.addition.n_opt: must be an integer, got 'abc'"),
     ("archive.alpha=[0.0,0.5]", "archive.alpha: must be [low, high] with 0 < low <= high"),
     ("archive.sampling=bogus", "archive.sampling: must be 'elite' or 'uniform', got 'bogus'"),
+    ("archive.quality=bogus", "archive.quality: must be 'task' or 'mean', got 'bogus'"),
+    ("search=cmaes search.sigma0=0", "search.sigma0: must be > 0, got 0"),
+    ("search=random search.low=2", "search.low: must be below high, got low=2, high=1.0"),
     ("crossover.sigma=-1", "crossover.sigma: must be >= 0, got -1"),
     ("crossover.sigma=nan", "crossover.sigma: must be a finite number, got nan"),
     ("mutation.scale=-1", "mutation.scale: must be >= 0, got -1"),
@@ -84,11 +87,26 @@ def test_bad_values_fail_in_one_line_before_compute(tmp_path: Path, override: st
     """As a dry run and as a run: the same one line, exit code 2, and nothing built or written."""
     cache, run_dir = tmp_path / "cache", tmp_path / "run"
     for dry in ("true", "false"):
-        proc = main("run", *tiny_overrides(cache), override, f"dry_run={dry}", f"hydra.run.dir={run_dir}")
+        proc = main("run", *tiny_overrides(cache), *override.split(" "), f"dry_run={dry}", f"hydra.run.dir={run_dir}")
         line = one_line_error(proc)
         assert line.startswith(f"cycleqd run: {message}"), line
         assert proc.returncode == 2
     assert not cache.exists() and not run_dir.exists()
+
+
+@pytest.mark.parametrize("ablation", sorted(p.stem for p in (Path(CONF_DIR) / "ablation").glob("*.yaml")))
+def test_every_ablation_changes_what_it_says(ablation: str):
+    from cycleqd.components import build
+
+    c = build(_compose("experiment=evidence", f"+ablation={ablation}"))
+    changed = {
+        "no_mutation": getattr(c.mutation, "scale", None) == 0,
+        "gaussian_mutation": type(c.mutation).__name__ == "GaussianMutation" and not c.genome,
+        "uniform_sampling": c.archives.sampling == "uniform",
+        "mean_quality": c.archives.quality == "mean",
+    }
+    assert changed[ablation]
+    assert c.search.name == "cycleqd" and sum(changed.values()) == 1
 
 
 def test_a_required_value_left_unset_is_named():

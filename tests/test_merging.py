@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -18,12 +19,39 @@ def _tensors(n=3, shape=(12, 10), seed=0):
 
 
 @pytest.mark.parametrize("density", [0.2, 0.5, 1.0])
-def test_ties_equals_peft(density):
+def test_ties_equals_peft_at_equal_weights(density):
     ts = _tensors()
-    w = [0.5, 0.3, 0.9]
-    ours = ties(ts, w, density)
-    ref = merge_utils.ties(ts, torch.tensor(w), density, majority_sign_method="total")
+    ours = ties(ts, [1.0, 1.0, 1.0], density)
+    ref = merge_utils.ties(ts, torch.ones(3), density, majority_sign_method="total")
     torch.testing.assert_close(ours, ref)
+
+
+def test_ties_is_the_weighted_mean_of_agreeing_entries():
+    """mergekit's ``normalize: true``: Σ w_i τ_i [agree] / Σ w_i [agree], the sign elected on
+    the weighted sum; written out entry by entry."""
+    ts = _tensors(3, (6, 5))
+    w = [0.5, 0.3, 0.9]
+    out = ties(ts, w, 0.6)
+    trimmed = [t * magnitude_mask(t, 0.6) for t in ts]
+    oracle = torch.zeros(6, 5)
+    for idx in itertools.product(range(6), range(5)):
+        vals = [float(t[idx]) for t in trimmed]
+        sign = 1.0 if sum(wi * v for wi, v in zip(w, vals)) >= 0 else -1.0
+        agree = [(wi, v) for wi, v in zip(w, vals) if v != 0 and math.copysign(1.0, v) == sign]
+        oracle[idx] = sum(wi * v for wi, v in agree) / sum(wi for wi, _ in agree) if agree else 0.0
+    torch.testing.assert_close(out, oracle)
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties"])
+def test_a_ties_crossover_child_is_on_its_parents_scale(method):
+    """Normalised crossover weights must not shrink the child: two equal parents give that
+    parent back (trimmed), not half of it."""
+    from cycleqd.crossover import MethodCrossover
+
+    (t,) = _tensors(1, (16, 16))
+    parent = TaskVector({"w": t})
+    child = MethodCrossover(Merge(method, density=1.0), sigma=0.05)([parent, parent], torch.Generator().manual_seed(0))
+    torch.testing.assert_close(child["w"], t)
 
 
 def test_magnitude_mask_equals_peft_pruning():
@@ -42,13 +70,13 @@ def test_dare_rescales_the_kept_entries_and_is_reproducible():
     masks = [(torch.rand(t.shape, generator=g) < 0.4).float() for t in ts]
     oracle = sum(wi * t * m / 0.4 for wi, t, m in zip(w, ts, masks))
     torch.testing.assert_close(a, oracle)
-    # dare_ties: the same kept tensors through peft's sign election and disjoint merge
+    # dare_ties at equal weights: the same kept tensors through peft's sign election and disjoint merge
     g = torch.Generator().manual_seed(7)
     kept = [t * (torch.rand(t.shape, generator=g) < 0.4).float() / 0.4 for t in ts]
     stack = torch.stack(kept)
     mask = merge_utils.calculate_majority_sign_mask(stack, method="total")
-    ref = merge_utils.disjoint_merge(stack * torch.tensor(w).view(-1, 1, 1), mask)
-    torch.testing.assert_close(dare(ts, w, 0.4, torch.Generator().manual_seed(7), combine="ties"), ref)
+    ref = merge_utils.disjoint_merge(stack, mask)
+    torch.testing.assert_close(dare(ts, [1.0] * 3, 0.4, torch.Generator().manual_seed(7), combine="ties"), ref)
     # density 1 keeps everything: plain task arithmetic, as peft's dare_linear at density 1
     torch.testing.assert_close(dare(ts, w, 1.0, g), merge_utils.dare_linear(ts, torch.tensor(w), 1.0))
 
@@ -59,6 +87,22 @@ def test_breadcrumbs_drops_outliers_and_small_entries():
     mag = t.abs()
     keep = (mag <= 90) & (mag > 40)  # the top 10 dropped, the next 50 kept
     torch.testing.assert_close(out, 2.0 * t * keep)
+
+
+@pytest.mark.parametrize("shape, density, gamma", [((64, 47), 0.5, 0.1), ((10, 10), 0.9, 0.2), ((7,), 0.3, 0.0)])
+def test_breadcrumbs_keeps_floor_density_n_entries(shape, density, gamma):
+    """``⌊density·n⌋`` kept after the ``⌊gamma·n⌋`` largest (the paper's count; 64×47 with
+    γ = 0.1 is a shape where ⌊(density+γ)·n⌋ − ⌊γ·n⌋ differs)."""
+    (t,) = _tensors(1, shape, seed=3)
+    n = t.numel()
+    out = breadcrumbs([t], [1.0], density, gamma)
+    keep = int(density * n)
+    top = min(int(gamma * n), n - keep)  # fewer outliers dropped when density + gamma > 1
+    order = torch.argsort(t.abs().flatten(), descending=True)
+    expected = torch.zeros(n)
+    expected[order[top : top + keep]] = t.flatten()[order[top : top + keep]]
+    assert int((out != 0).sum()) == keep
+    torch.testing.assert_close(out, expected.view(shape))
 
 
 def test_slerp_formula_and_endpoints():
@@ -89,3 +133,22 @@ def test_merge_on_task_vectors_dense_and_lora():
         Merge("average")
     with pytest.raises(ValueError, match="exactly 2"):
         Merge("slerp")(dense + dense[:1], [1, 1, 1])
+
+
+@pytest.mark.parametrize("weights", [[1.0, 1.0, 1.0], [0.5, 0.3, 0.9], [0.36, 0.33, 0.31]])
+@pytest.mark.parametrize("density", [0.3, 0.7, 1.0])
+def test_ties_and_breadcrumbs_equal_mergekit_per_tensor(weights, density):
+    """mergekit 0.1.5's own per-tensor code (TIES: magnitude sparsification, sign election on
+    the weighted deltas, ``normalize: true``; breadcrumbs: ``magnitude_outliers``) as the oracle."""
+    sparsify = pytest.importorskip("mergekit.sparsify")
+    gta = pytest.importorskip("mergekit.merge_methods.generalized_task_arithmetic")
+    ts = _tensors(3, (64, 47), seed=5)
+    w = torch.tensor(weights).view(-1, 1, 1)
+    deltas = torch.stack([sparsify.magnitude(t, density) for t in ts]) * w
+    mask = gta.get_mask(deltas, method="sum")
+    divisor = (w * mask).sum(0)
+    divisor[divisor == 0] = 1
+    torch.testing.assert_close(ties(ts, weights, density), (deltas * mask).sum(0) / divisor)
+    for gamma in (0.01, 0.1, 0.5):
+        ref = sum(wi * sparsify.magnitude_outliers(t, density, gamma=gamma) for wi, t in zip(weights, ts))
+        torch.testing.assert_close(breadcrumbs(ts, weights, density, gamma), ref)

@@ -128,3 +128,17 @@ def test_ctrl_c_checkpoints_and_leaves_no_process(tmp_path: Path, cache: Path):
     cli("resume", str(run_dir))
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["generations"] == 30 and summary["evaluations"] == 33
+
+
+def test_a_pool_joins_an_existing_cluster(tmp_path: Path, cache: Path):
+    """`ray start --head`, then `evaluator.address=auto`: the run uses that cluster and leaves it up."""
+    ray_bin = Path(sys.executable).parent / "ray"
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    subprocess.run([str(ray_bin), "start", "--head", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=120)
+    try:
+        run_dir = tmp_path / "run"
+        cli("run", *_args(cache, run_dir, "evaluator=ray", "evaluator.address=auto", generations=2))
+        assert json.loads((run_dir / "summary.json").read_text())["generations"] == 2
+        assert _ray_processes(core_only=True)  # the cluster it joined is still there
+    finally:
+        subprocess.run([str(ray_bin), "stop", "--force"], env=env, capture_output=True, timeout=120)

@@ -1,0 +1,218 @@
+"""The statistics and the comparison searches: paired bootstrap intervals, per-item test
+results, CMA-ES and random search over per-layer merge coefficients, the ablations."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cycleqd.archives import CyclicArchives
+from cycleqd.evaluation import score_tasks
+from cycleqd.protocols import ItemScores, Measure
+from cycleqd.searches import LayerCoefficients, Search, run_search
+from cycleqd.stats import compare_to, differences, paired_bootstrap
+from tasks.sorting import Sorting
+from tests.runs import cli, main
+from tests.test_genome import TASKS as GENOME_TASKS
+from tests.test_genome import _setup
+from tests.tiny import tiny_overrides
+
+
+# -- paired bootstrap ---------------------------------------------------------------------------
+def test_a_constant_lead_has_a_zero_width_interval_because_it_is_paired():
+    """Every item 0.1 better: the paired difference is exactly 0.1 in every replicate (an
+    unpaired bootstrap of the two means would give a wide interval)."""
+    rng = np.random.default_rng(0)
+    b = {"x": rng.uniform(0, 0.9, 300), "y": rng.uniform(0, 0.9, 200)}
+    a = {t: v + 0.1 for t, v in b.items()}
+    out = paired_bootstrap([differences(a, b)], resamples=500)
+    assert out["diff"] == pytest.approx(0.1)
+    assert out["ci"] == pytest.approx([0.1, 0.1])
+    assert out["items"] == {"x": 300, "y": 200}
+    same = paired_bootstrap([differences(b, b)])
+    assert same["diff"] == 0.0 and same["ci"] == [0.0, 0.0]
+
+
+def test_the_interval_covers_the_true_difference_about_95_percent_of_the_time():
+    """Two models with known per-item success rates, 300 simulated test sets: the 95%
+    interval must contain the true difference of test means in 90–99% of them."""
+    rng = np.random.default_rng(1)
+    p_a, p_b = {"x": 0.7, "y": 0.4}, {"x": 0.6, "y": 0.45}
+    truth = np.mean([p_a[t] - p_b[t] for t in p_a])
+    hits = 0
+    for k in range(300):
+        a, b = {}, {}
+        for t in p_a:
+            u = rng.uniform(size=256)  # the same items: correlated outcomes, as two models on one prompt
+            a[t], b[t] = (u < p_a[t]).astype(float), (u < p_b[t]).astype(float)
+        lo, hi = paired_bootstrap([differences(a, b)], resamples=400, seed=k)["ci"]
+        hits += lo <= truth <= hi
+    assert 0.90 <= hits / 300 <= 0.99, hits
+
+
+def test_runs_that_share_their_test_items_are_averaged():
+    rng = np.random.default_rng(2)
+    diffs = [{"x": rng.choice([-1.0, 0.0, 1.0], 100)} for _ in range(3)]
+    out = paired_bootstrap(diffs, resamples=300)
+    assert out["diff"] == pytest.approx(np.mean([d["x"].mean() for d in diffs]))
+    assert out["runs"] == 3 and out["ci"][0] <= out["diff"] <= out["ci"][1]
+    with pytest.raises(ValueError, match="same test items"):
+        paired_bootstrap([{"x": np.zeros(100)}, {"x": np.zeros(99)}])
+    with pytest.raises(ValueError, match="different tasks"):
+        differences({"x": [1.0]}, {"y": [1.0]})
+    assert set(compare_to("a", {"a": {"x": [1.0, 0.0]}, "b": {"x": [0.0, 0.0]}})) == {"b"}
+
+
+# -- per-item results -----------------------------------------------------------------------------
+class _Echo:
+    """A text model that answers a fixed share of the prompts correctly."""
+
+    def __init__(self, task, right: int):
+        self.answers = {p: a for p, a in task.split("test")[:right]}
+
+    def generate(self, prompts, *, max_new_tokens, stop=()):
+        return [self.answers.get(p, "?") for p in prompts]
+
+
+def test_test_scores_carry_their_items_and_an_overriding_task_is_scored_by_its_own_evaluate():
+    task = Sorting(name="sorting", n_opt=8, n_test=40)
+    result = score_tasks(_Echo(task, 10), [task], "test")
+    assert isinstance(result, ItemScores)
+    assert result.per_item["sorting"] == [1.0] * 10 + [0.0] * 30 and result["sorting"] == 0.25
+    assert not isinstance(score_tasks(_Echo(task, 10), [task], "opt"), ItemScores)  # opt: means only
+
+    class Halved(Sorting):
+        def evaluate(self, model, split="opt"):
+            return super().evaluate(model, split) / 2
+
+    own = Halved(name="sorting", n_opt=8, n_test=40)
+    result = score_tasks(_Echo(own, 10), [own], "test")
+    assert result == {"sorting": 0.125} and not isinstance(result, ItemScores)
+
+
+def test_a_run_reports_its_differences_with_intervals(cli_run: Path):
+    summary = json.loads((cli_run / "summary.json").read_text())
+    items = json.loads((cli_run / "test_items.json").read_text())
+    labels = {"final", "base", *(f"expert:{t}" for t in summary["experts"]), *(f"baseline:{b}" for b in summary["baselines"])}
+    assert set(items) == labels
+    for label, per_task in items.items():
+        assert all(len(v) == 24 for v in per_task.values())  # n_test of the tiny tasks
+    for t in summary["tasks"]:
+        assert summary["final"][t] == pytest.approx(np.mean(items["final"][t]))
+    assert set(summary["final_vs"]) == labels - {"final"}
+    for label, d in summary["final_vs"].items():
+        other = summary["experts"][label[7:]] if label.startswith("expert:") else summary["base"] if label == "base" else summary["baselines"][label[9:]]
+        expected = np.mean([summary["final"][t] - other[t] for t in summary["tasks"]])
+        assert d["diff"] == pytest.approx(expected) and d["ci"][0] <= d["diff"] <= d["ci"][1]
+    out = main("show", str(cli_run)).stdout
+    assert "final − model [95% CI]" in out
+    d = summary["final_vs"]["baseline:ties"]
+    assert f"{100 * d['diff']:+6.1f} [{100 * d['ci'][0]:+.1f}, {100 * d['ci'][1]:+.1f}]" in out
+
+
+# -- searches over per-layer merge coefficients ---------------------------------------------------
+@pytest.mark.parametrize("kind", ["full", "lora"])
+def test_layer_coefficients_as_a_genome_equal_the_dense_merge(kind):
+    experts, _, basis = _setup(kind)
+    dense = LayerCoefficients(GENOME_TASKS, experts)
+    genome = LayerCoefficients(GENOME_TASKS, experts, basis)
+    assert dense.groups == genome.groups and dense.dim == 3 * len(dense.groups)
+    x = np.random.default_rng(0).uniform(0, 1, dense.dim)
+    a, b = dense.child(x).dense(), basis.task_vector(genome.child(x)).dense()
+    assert set(a) == set(b)
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=1e-4)
+    # the oracle, written out: layer 1's q_proj is Σ_q x[q, layer1] τ_q
+    col = dense.groups.index("layer1")
+    name = "model.layers.1.self_attn.q_proj.weight"
+    oracle = sum(x[i * dense.dim // 3 + col] * experts[q].dense()[name] for i, q in enumerate(GENOME_TASKS))
+    torch.testing.assert_close(a[name], oracle.float(), atol=1e-5, rtol=1e-4)
+    assert dense.describe(x)["b"]["layer1"] == pytest.approx(x[dense.dim // 3 + col], abs=1e-6)
+
+
+class _Quadratic:
+    """Scores a coefficient vector by how near it is to a target (both tasks alike)."""
+
+    def __init__(self, target):
+        self.target, self.calls = np.asarray(target), 0
+
+    def __call__(self, items):
+        self.calls += len(items)
+        return [{"a": float(np.exp(-np.sum((x - self.target) ** 2))), "b": float(np.exp(-np.sum((x - self.target) ** 2)))} for x, _ in items]
+
+
+class _Identity:
+    dim = 6
+
+    def child(self, x):
+        return np.asarray(x)
+
+
+@pytest.mark.parametrize("budget", [97, 100])
+def test_cmaes_finds_the_optimum_that_random_search_misses_on_the_same_budget(budget):
+    target = np.array([0.9, 0.1, 0.8, 0.2, 0.7, 0.3])
+    found = {}
+    for name in ("cmaes", "random"):
+        objective = _Quadratic(target)
+        curve = []
+        x, result, counts = run_search(Search(name=name, sigma0=0.2), _Identity(), objective, budget, seed=0, on_batch=curve.append)
+        assert objective.calls == counts["evaluations"] == budget  # the budget, to the evaluation
+        assert [m["evaluations"] for m in curve][-1] == budget
+        bests = [m["best_opt_mean"] for m in curve]
+        assert bests == sorted(bests) and bests[-1] == pytest.approx(result["a"])
+        assert np.all((x >= 0) & (x <= 1))
+        found[name] = result["a"]
+    assert found["cmaes"] > 0.95 > found["random"], found
+
+
+def test_search_settings_are_checked():
+    for bad, key in ((dict(name="bogus"), "name"), (dict(sigma0=0), "sigma0"), (dict(low=1, high=0), "low"), (dict(x0=2.0), "x0")):
+        with pytest.raises(ValueError, match=key):
+            Search(**bad)
+    assert Search().budget(3, 300, 1, 3) == 306 and Search(evaluations=50).budget(3, 300, 1, 3) == 50
+    assert Search().budget(3, 10, 2, 1) == 23  # one final scale: no choosing, no evaluations for it
+
+
+def test_mean_quality_archives_score_every_elite_by_its_mean():
+    archives = CyclicArchives(tasks=["a", "b", "c"], measures={t: Measure(bins=4) for t in "abc"}, quality="mean")
+    archives.add(0, {"a": 0.9, "b": 0.3, "c": 0.0}, -1)
+    for t in "abc":
+        assert archives.best(t).objective == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="quality"):
+        CyclicArchives(tasks=["a", "b"], measures={t: Measure() for t in "ab"}, quality="bogus")
+
+
+def test_a_search_run_and_a_sweep_compared_over_seeds(tmp_path: Path):
+    """CycleQD and CMA-ES, two seeds each, as one Hydra multirun; CMA-ES spends CycleQD's
+    budget; `compare --by seed` gives mean ± sd per search."""
+    sweep = tmp_path / "sweep"
+    cli("run", "-m", *tiny_overrides(tmp_path / "cache", generations=3), "search=cycleqd,cmaes", "seed=0,1", f"hydra.sweep.dir={sweep}")
+    runs = {}
+    for d in sorted(p for p in sweep.iterdir() if (p / "summary.json").is_file()):
+        s = json.loads((d / "summary.json").read_text())
+        runs.setdefault(s["search"], []).append((d, s))
+    assert {k: len(v) for k, v in runs.items()} == {"cycleqd": 2, "cmaes": 2}
+    for (d, s), (_, c) in zip(runs["cmaes"], runs["cycleqd"]):
+        assert s["archives"] == {} and s["opt_evaluations"] == c["opt_evaluations"] == 3 + 3 + 3  # experts, children, final scales
+        assert s["final_elites"]["search"] == "cmaes" and set(s["final_elites"]["coefficients"]) == set(s["tasks"])
+        assert (d / "final.safetensors").is_file() and not (d / "elites" / "table.csv").exists()
+        curve = [json.loads(x)["best_opt_mean"] for x in (d / "metrics.jsonl").read_text().splitlines()]
+        assert curve == sorted(curve) and curve[-1] == pytest.approx(s["final_elites"]["opt_mean"])
+        assert "baseline:ties" in s["final_vs"]
+    for _, c in runs["cycleqd"]:
+        assert c["search"] == "cycleqd" and set(c["archives"]) == set(c["tasks"])
+    out = main("compare", str(sweep), "--by", "seed").stdout
+    assert out.splitlines()[0].split()[:3] == ["search.name", "runs", "seed"]
+    with (sweep / "compare.csv").open() as f:
+        rows = {r["search.name"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"cycleqd", "cmaes"} and all(r["runs"] == "2" and r["seed"] == "0,1" for r in rows.values())
+    means = [np.mean([sum(s["final"].values()) / 3 for _, s in runs["cmaes"]])]
+    assert rows["cmaes"]["final_mean"].startswith(f"{means[0]:.3f} ± ")
+    bad = main("compare", str(sweep), "--by", "bogus")
+    assert bad.returncode != 0 and bad.stderr.strip().splitlines() == [bad.stderr.strip()]
+    assert "--by: the runs do not differ in 'bogus'" in bad.stderr and "search.name" in bad.stderr
