@@ -4,6 +4,7 @@
     cycleqd resume RUN_DIR [key=value] continue a run from its checkpoint (e.g. generations=600)
     cycleqd show RUN_DIR               print a run's summary as a table
     cycleqd compare SWEEP_DIR [--by seed]  one table across a sweep's runs (also written as compare.csv)
+    cycleqd evidence ROOT... --reference search=cycleqd [--plot FILE]  methods over seeds, with intervals
     cycleqd select RUN_DIR --strategy best|pareto|topk|final|cell
     cycleqd export RUN_DIR --elite ID|best:TASK|final --format hf|peft --out DIR [--rank R]
     cycleqd evaluate MODEL_DIR [task=[a,b] ...]   score a saved model on tasks (test split)
@@ -142,7 +143,8 @@ def format_summary(summary: dict) -> str:
     vs = summary.get("final_vs") or {}
     rows = [(f"expert: {n}", s, vs.get(f"expert:{n}")) for n, s in summary["experts"].items()]
     rows += [(f"baseline: {n}", s, vs.get(f"baseline:{n}")) for n, s in summary["baselines"].items()]
-    rows.append(("cycleqd (final)", summary["final"], None))
+    search = summary.get("search", "cycleqd")
+    rows.append((f"{search} (final)", summary["final"], None))
     width = max(len(r[0]) for r in rows) + 2
     head = "model".ljust(width) + "".join(t[:10].rjust(11) for t in tasks) + "mean".rjust(9)
     head += "  final − model [95% CI]" if vs else ""
@@ -151,13 +153,17 @@ def format_summary(summary: dict) -> str:
     if vs:
         lines.append("(test-mean points; paired bootstrap over the test prompts, stratified by task)")
     lines.append("")
-    lines.append(f"generations {summary['generations']}, evaluations {summary['evaluations']}, wall time {summary['wall_time_s']:.0f}s")
+    if search == "cycleqd":
+        lines.append(f"generations {summary['generations']}, evaluations {summary['evaluations']}, wall time {summary['wall_time_s']:.0f}s")
+    else:
+        lines.append(f"search {search} over per-layer merge coefficients: {summary['evaluations']} opt evaluations, wall time {summary['wall_time_s']:.0f}s")
     failures = summary.get("failures") or {}
     if failures.get("count"):
         lines.append(f"failed evaluations {failures['count']}: " + ", ".join(f"{k} {v}" for k, v in failures["by_reason"].items()))
     for what, why in (summary.get("failed") or {}).items():
         lines.append(f"FAILED {what}: {why}")
-    lines.append("archive".ljust(width) + "coverage".rjust(11) + "qd_score".rjust(11) + "best".rjust(9) + "elites".rjust(9))
+    if summary["archives"]:
+        lines.append("archive".ljust(width) + "coverage".rjust(11) + "qd_score".rjust(11) + "best".rjust(9) + "elites".rjust(9))
     for t, a in summary["archives"].items():
         lines.append(t.ljust(width) + f"{a['coverage']:11.3f}{a['qd_score']:11.2f}{100 * a['best']:9.1f}{a['num_elites']:9d}")
     return "\n".join(lines)
@@ -188,6 +194,19 @@ def _compare(sweep_dir: str, csv_path: str | None, by: str | None = None) -> Non
     out = Path(csv_path) if csv_path else Path(sweep_dir) / "compare.csv"
     write_csv(out, header, rows)
     print(f"\nwritten: {out}")
+
+
+def _evidence(args) -> None:
+    from cycleqd.evidence import format_rows, plot, table
+    from cycleqd.fileio import write_json
+
+    roots = [Path(r) for r in args.roots]
+    rows = table(roots, args.reference)
+    print(format_rows(rows, args.reference))
+    if args.json:
+        write_json(args.json, rows)
+    if args.plot:
+        print(f"\nwritten: {plot(roots, Path(args.plot))}")
 
 
 def _select(args) -> None:
@@ -271,6 +290,11 @@ def _parser(cmd: str, rest: list[str]) -> argparse.Namespace:
         parser.add_argument("sweep_dir")
         parser.add_argument("--csv", default=None, help="where to write the CSV (default SWEEP_DIR/compare.csv)")
         parser.add_argument("--by", default=None, help="a config key to aggregate over (e.g. seed): mean ± sd per configuration")
+    elif cmd == "evidence":
+        parser.add_argument("roots", nargs="+", help="sweep directories (or any folders of runs)")
+        parser.add_argument("--reference", default="search=cycleqd", help="the method the others are compared with (its overrides, seed left out)")
+        parser.add_argument("--plot", default=None, help="write the best-score-against-evaluations plot here (PNG)")
+        parser.add_argument("--json", default=None, help="write the table as JSON here")
     elif cmd == "select":
         parser.add_argument("--strategy", default="best", help="best | pareto | topk | final | cell")
         parser.add_argument("--k", type=int, default=5, help="how many, for topk")
@@ -298,7 +322,7 @@ def _export(args) -> None:
         print("scores the rank-%d adapter keeps (opt split): %s" % (args.rank, {t: round(v, 4) for t, v in kept.items()}))
 
 
-COMMANDS = ("run", "resume", "show", "compare", "select", "export", "evaluate", "baselines")
+COMMANDS = ("run", "resume", "show", "compare", "evidence", "select", "export", "evaluate", "baselines")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -325,6 +349,8 @@ def main(argv: list[str] | None = None) -> None:
                 _resume(args.run_dir, args.overrides)
             elif cmd == "compare":
                 _compare(args.sweep_dir, args.csv, args.by)
+            elif cmd == "evidence":
+                _evidence(args)
             elif cmd == "select":
                 _select(args)
             elif cmd == "export":
@@ -335,7 +361,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"cycleqd {cmd}: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except (FileNotFoundError, FileExistsError, KeyError, ValueError) as e:
-        if cmd not in ("show", "compare", "select", "export", "evaluate", "resume"):
+        if cmd not in ("show", "compare", "evidence", "select", "export", "evaluate", "resume"):
             raise
         # Expected user errors of the reading commands (a wrong path, an unknown elite).
         print(f"cycleqd {cmd}: {e.args[0] if e.args else e}", file=sys.stderr)

@@ -95,6 +95,10 @@ def load_run(run_dir: str | Path) -> RunData:
     run_dir = Path(run_dir)
     ckpt = checkpoint.load(run_dir)
     if ckpt is None:
+        summary_path = run_dir / "summary.json"
+        search = read_json(summary_path, "summary").get("search", "cycleqd") if summary_path.is_file() else "cycleqd"
+        if search != "cycleqd":
+            raise FileNotFoundError(f"{str(run_dir)!r} is a search={search} run: it has no archives or elites, only its final model (final.safetensors)")
         raise FileNotFoundError(f"{str(run_dir)!r} has no checkpoint/state.ckpt: not a cycleqd run directory")
     cyclic = ckpt.state["qd"]["archives"]
     summary_path = run_dir / "summary.json"

@@ -71,7 +71,7 @@ def test_show_prints_the_table(cli_run: Path):
     out = subprocess.run(
         [sys.executable, "-m", "cycleqd.cli", "show", str(cli_run)], capture_output=True, text=True, check=True
     ).stdout
-    assert "expert: addition" in out and "baseline: task_arithmetic" in out and "cycleqd (final)" in out
+    assert "expert: addition" in out and "baseline: task_arithmetic" in out and "cycleqd (final)" in out and "archive" in out
     summary = json.loads((cli_run / "summary.json").read_text())
     final_mean = 100 * sum(summary["final"].values()) / 3
     assert f"{final_mean:.1f}" in out

@@ -204,6 +204,10 @@ def test_a_search_run_and_a_sweep_compared_over_seeds(tmp_path: Path):
         curve = [json.loads(x)["best_opt_mean"] for x in (d / "metrics.jsonl").read_text().splitlines()]
         assert curve == sorted(curve) and curve[-1] == pytest.approx(s["final_elites"]["opt_mean"])
         assert "baseline:ties" in s["final_vs"]
+        shown = main("show", str(d)).stdout
+        assert "cmaes (final)" in shown and "search cmaes over per-layer merge coefficients: 9 opt evaluations" in shown
+        selected = main("select", str(d))
+        assert selected.returncode == 1 and "is a search=cmaes run: it has no archives" in selected.stderr
     for _, c in runs["cycleqd"]:
         assert c["search"] == "cycleqd" and set(c["archives"]) == set(c["tasks"])
     out = main("compare", str(sweep), "--by", "seed").stdout
@@ -213,6 +217,21 @@ def test_a_search_run_and_a_sweep_compared_over_seeds(tmp_path: Path):
     assert set(rows) == {"cycleqd", "cmaes"} and all(r["runs"] == "2" and r["seed"] == "0,1" for r in rows.values())
     means = [np.mean([sum(s["final"].values()) / 3 for _, s in runs["cmaes"]])]
     assert rows["cmaes"]["final_mean"].startswith(f"{means[0]:.3f} ± ")
+    # the evidence table: CMA-ES against CycleQD, paired by seed, and the reference's static merges
+    out = main("evidence", str(sweep), "--reference", "search=cycleqd", "--plot", str(tmp_path / "best.png"), "--json", str(tmp_path / "t.json"))
+    assert out.returncode == 0, out.stderr
+    rows = {r["method"]: r for r in json.loads((tmp_path / "t.json").read_text())}
+    assert set(rows) >= {"search=cycleqd", "search=cmaes", "static: ties"} and rows["search=cycleqd"]["diff"] is None
+    cm = rows["search=cmaes"]
+    pairs = zip(runs["cmaes"], runs["cycleqd"])  # job order: seed 0, then 1, for both
+    expected = np.mean([np.mean([c["final"][t] - r["final"][t] for t in r["tasks"]]) for (_, c), (_, r) in pairs])
+    assert cm["diff"]["diff"] == pytest.approx(expected) and cm["diff"]["runs"] == 2 and cm["seeds"] == 2
+    assert cm["diff"]["ci"][0] <= cm["diff"]["diff"] <= cm["diff"]["ci"][1]
+    assert cm["test_mean"] == pytest.approx(100 * np.mean([np.mean(list(s["final"].values())) for _, s in runs["cmaes"]]))
+    assert "search=cmaes" in out.stdout and (tmp_path / "best.png").read_bytes()[:4] == b"\x89PNG"
+    missing = main("evidence", str(sweep), "--reference", "search=nope")
+    assert missing.returncode != 0 and "--reference: no method 'search=nope'" in missing.stderr
+
     bad = main("compare", str(sweep), "--by", "bogus")
     assert bad.returncode != 0 and bad.stderr.strip().splitlines() == [bad.stderr.strip()]
     assert "--by: the runs do not differ in 'bogus'" in bad.stderr and "search.name" in bad.stderr
