@@ -99,6 +99,15 @@ def _one_line(e: BaseException) -> str:
     return line if len(line) <= 300 else line[:297] + "..."
 
 
+def _out_of_bounds(task: str, value: float, what: str) -> Failure | None:
+    """The failure of a score (or an item's score) that is not a finite number in [0, 1]."""
+    if not math.isfinite(value):
+        return Failure("nonfinite_score", task, f"{what} {value}")
+    if not 0.0 <= value <= 1.0:
+        return Failure("out_of_range", task, f"{what} {value:g}, outside [0, 1]")
+    return None
+
+
 def _check_items(task: str, values: Any) -> tuple[list[float] | None, Failure | None]:
     try:
         items = [float(v) for v in values]
@@ -106,10 +115,10 @@ def _check_items(task: str, values: Any) -> tuple[list[float] | None, Failure | 
         return None, Failure("out_of_range", task, f"evaluate_items returned {type(values).__name__}, not a sequence of numbers")
     if not items:
         return None, Failure("out_of_range", task, "evaluate_items returned no items")
-    bad = next((v for v in items if not math.isfinite(v) or not 0.0 <= v <= 1.0), None)
-    if bad is not None:
-        reason = "nonfinite_score" if not math.isfinite(bad) else "out_of_range"
-        return None, Failure(reason, task, f"an item scored {bad:g}, outside [0, 1]")
+    for v in items:
+        failure = _out_of_bounds(task, v, "an item scored")
+        if failure is not None:
+            return None, failure
     return items, None
 
 
@@ -142,10 +151,9 @@ def score_tasks(model: TextModel, tasks: Sequence[Task], split: str, timeout_s: 
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             return Failure("out_of_range", t.name, f"returned {value!r} ({type(value).__name__}), not a number in [0, 1]")
         value = float(value)
-        if not math.isfinite(value):
-            return Failure("nonfinite_score", t.name, f"returned {value}")
-        if not 0.0 <= value <= 1.0:
-            return Failure("out_of_range", t.name, f"returned {value:g}, outside [0, 1]")
+        failure = _out_of_bounds(t.name, value, "returned")
+        if failure is not None:
+            return failure
         scores[t.name] = value
     return ItemScores(scores, per_item) if per_item else scores
 

@@ -327,9 +327,9 @@ class Run:
             "tasks": self.names,
             "search": self.c.search.name,
             "generations": self.qd.generation,
-            "evaluations": self.qd.evaluations,
+            "evaluations": self.qd.evaluations if searched is None else final_info["evaluations"],
             # every evaluation on the opt split that chose the final model (the budget of a comparison)
-            "opt_evaluations": self.qd.evaluations + (len(final_info.get("opt_mean", {})) if searched is None else 0),
+            "opt_evaluations": self.qd.evaluations + len(final_info.get("opt_mean", {})) if searched is None else final_info["evaluations"],
             "experts": {t: s for t, s in experts.items() if s is not None},
             "base": base,
             "baselines": baselines,
@@ -455,7 +455,6 @@ def _search(r: Run) -> dict[str, Any]:
     if x is None or isinstance(result, Failure):
         raise EvaluationFailed(f"search={search.name}: every one of {budget} candidates failed on the opt split")
     info = {"search": search.name, "coefficients": space.describe(x), "opt_mean": mean(result), **counts}
-    r.qd.evaluations = counts["evaluations"]
     return r.finish((space.child(x), info))
 
 

@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from cycleqd.baselines import mean
 from cycleqd.checks import check_fields, require
 from cycleqd.crossover import layer_of
 from cycleqd.protocols import Failure, Result
@@ -104,10 +105,6 @@ class LayerCoefficients:
         return {q: {g: round(float(x[i, j]), 6) for j, g in enumerate(self.groups)} for i, q in enumerate(self.tasks)}
 
 
-def _mean(result: Result) -> float:
-    return -1.0 if isinstance(result, Failure) else sum(result.values()) / len(result)
-
-
 def run_search(
     search: Search,
     space: LayerCoefficients,
@@ -132,8 +129,9 @@ def run_search(
         n = min(batch, budget - done)
         xs = es.ask()[:n] if es is not None else rng.uniform(search.low, search.high, size=(n, space.dim))
         results = scores([(space.child(x), "opt") for x in xs])
-        values = np.array([_mean(r) for r in results])
-        failures += sum(isinstance(r, Failure) for r in results)
+        values = np.array([-1.0 if isinstance(r, Failure) else mean(r) for r in results])  # a failure ranks last
+        failed = sum(isinstance(r, Failure) for r in results)
+        failures += failed
         if es is not None and n == batch:  # a partial last round is not told: CMA-ES ranks whole populations
             order = np.argsort(-values, kind="stable")
             es.tell(order, values[order], num_parents=batch // 2)
@@ -142,5 +140,5 @@ def run_search(
             best_x, best_result, best_value = np.array(xs[i]), results[i], float(values[i])
         done += n
         rounds += 1
-        on_batch({"evaluations": done, "best_opt_mean": best_value, "batch_opt_mean": float(values.mean()), "failed": int(sum(isinstance(r, Failure) for r in results))})
+        on_batch({"evaluations": done, "best_opt_mean": best_value, "batch_opt_mean": float(values.mean()), "failed": failed})
     return best_x, best_result, {"evaluations": done, "rounds": rounds, "batch_size": batch, "failed_evaluations": failures}
