@@ -30,7 +30,8 @@ def _args(cache: Path, run_dir: Path, *extra: str, generations: int = G) -> list
 
 def _ray_processes(core_only: bool = False) -> set[str]:
     """Ray's processes on this machine, as "pid args" (core: the raylet and the GCS server)."""
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout.splitlines()
+    # -ww: without it ps cuts lines at 80 columns when piped, and a long install path hides the name
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True).stdout.splitlines()
     found = set()
     for line in out:
         pid, _, args = line.strip().partition(" ")
