@@ -1,8 +1,13 @@
-"""CyclicArchives: one pyribs ``GridArchive`` per task, with the quality task cycling.
+"""CyclicArchives: one pyribs archive per task, with the quality task cycling.
 
 In archive ``k`` the objective is task ``k``'s score and the measures are the
 other tasks' scores, in task order. pyribs holds each elite's id (its solution)
 and all K scores; the weights live in the elite store.
+
+The archive kind sets how the K−1 descriptors are tessellated: ``grid`` (the paper's
+``GridArchive``, bins per axis: 15^(K−1) cells), ``cvt`` (``CVTArchive``, a fixed number
+of Voronoi cells however many tasks) or ``dns`` (``DNSArchive``, Dominated Novelty Search:
+a population of fixed size and no cells at all).
 """
 
 from __future__ import annotations
@@ -11,12 +16,13 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
-from ribs.archives import GridArchive
+from ribs.archives import CVTArchive, DNSArchive, GridArchive, k_means_centroids
 
 from cycleqd.checks import matches, require
 from cycleqd.protocols import Measure
 
 MAX_CELLS = 1_000_000  # per archive: a GridArchive allocates every cell up front
+KINDS = ("grid", "cvt", "dns")
 
 
 @dataclass(frozen=True)
@@ -31,7 +37,7 @@ class ElitePick:
 
 
 class CyclicArchives:
-    """K MAP-Elites grids over the same population, one per task as quality.
+    """K MAP-Elites archives over the same population, one per task as quality.
 
     Args:
         tasks: Task names, in a fixed order.
@@ -59,6 +65,12 @@ class CyclicArchives:
         seed: int | None = None,
         solution_dim: int = 1,
         quality: str = "task",
+        kind: str = "grid",
+        cells: int = 225,
+        samples: int = 10_000,
+        capacity: int = 100,
+        k_neighbors: int = 3,
+        centroids: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         if len(tasks) < 2:
             raise ValueError(f"CycleQD needs at least 2 tasks, got {list(tasks)}")
@@ -72,15 +84,19 @@ class CyclicArchives:
             "alpha",
             f"must be [low, high] with 0 < low <= high, got {alpha!r}",
         )
+        require(kind in KINDS, "kind", f"must be one of {list(KINDS)}, got {kind!r}")
+        for key, value, low in (("cells", cells, 1), ("samples", samples, 1), ("capacity", capacity, 1), ("k_neighbors", k_neighbors, 1)):
+            require(matches(value, int) and value >= low, key, f"must be an integer >= {low}, got {value!r}")
+        require(kind != "cvt" or samples >= cells, "samples", f"must be at least cells={cells} (k-means draws the centroids from them), got {samples}")
         lo, hi = alpha
-        for task in tasks:
+        for task in tasks if kind == "grid" else ():
             others = self.descriptors_of(tasks, task)
             cells = int(np.prod([measures[t].bins for t in others], dtype=object))
             require(
                 cells <= MAX_CELLS,
                 "",
                 f"the archive of {task!r} would have {cells:,} cells ({' × '.join(f'task.{t}.measure.bins={measures[t].bins}' for t in others)}); "
-                f"pyribs allocates every cell, at most {MAX_CELLS:,}",
+                f"pyribs allocates every cell, at most {MAX_CELLS:,}; archive=cvt (a fixed number of cells) or archive=dns (none) scale to many tasks",
             )
         self.tasks = list(tasks)
         self._seed = seed
@@ -88,27 +104,66 @@ class CyclicArchives:
         self.sampling = sampling
         self.quality = quality
         self.alpha = (float(lo), float(hi))
-        self.archives: dict[str, GridArchive] = {}
+        self.kind = kind
+        self.options = {"cells": cells, "samples": samples, "capacity": capacity, "k_neighbors": k_neighbors}
+        self.centroids: dict[str, np.ndarray] = {}
+        self.archives: dict = {}
         for k, task in enumerate(self.tasks):
             others = [self.measures[t] for t in self.descriptors(task)]
-            self.archives[task] = GridArchive(
-                solution_dim=solution_dim,
-                dims=[m.bins for m in others],
-                ranges=[(m.low, m.high) for m in others],
-                seed=None if seed is None else seed + k,
-                solution_dtype=np.float64 if solution_dim == 1 else np.float32,
-                extra_fields={
+            common = {
+                "solution_dim": solution_dim,
+                "seed": None if seed is None else seed + k,
+                "solution_dtype": np.float64 if solution_dim == 1 else np.float32,
+                "extra_fields": {
                     "id": ((), np.int64),
                     "scores": ((len(self.tasks),), np.float64),
                     "generation": ((), np.int64),
                     "parents": ((2,), np.int64),  # -1: none (an expert)
                 },
-            )
+            }
+            ranges = [(m.low, m.high) for m in others]
+            if kind == "grid":
+                self.archives[task] = GridArchive(dims=[m.bins for m in others], ranges=ranges, **common)
+            elif kind == "cvt":
+                if centroids is not None and task in centroids:
+                    points = np.asarray(centroids[task], dtype=np.float64)
+                else:  # seeded, and kept in checkpoints: a resumed run has the same cells
+                    points = k_means_centroids(centroids=cells, ranges=ranges, samples=samples, seed=None if seed is None else seed + k)[0]
+                self.centroids[task] = points
+                self.archives[task] = CVTArchive(centroids=points, ranges=ranges, **common)
+            else:
+                self.archives[task] = DNSArchive(measure_dim=len(others), capacity=capacity, k_neighbors=k_neighbors, **common)
         self.solution_dim = solution_dim
+
+    def settings(self) -> dict:
+        """The constructor's arguments that rebuild these archives, empty."""
+        return {"tasks": self.tasks, "measures": self.measures, "sampling": self.sampling, "alpha": self.alpha,
+                "seed": self._seed, "quality": self.quality, "kind": self.kind, "solution_dim": self.solution_dim,
+                "centroids": self.centroids or None, **self.options}
+
+    def measures_of(self, task: str, scores: Mapping[str, float]) -> np.ndarray:
+        """Where ``scores`` fall in ``task``'s archive: the other tasks' scores clipped into each
+        axis' range, as they are (grid, cvt) or as fractions of the range (dns: its novelty is
+        a distance, so that no task's units outweigh another's)."""
+        others = [self.measures[t] for t in self.descriptors(task)]
+        meas = np.array([scores[t] for t in self.descriptors(task)], dtype=np.float64)
+        low = np.array([m.low for m in others])
+        high = np.array([m.high for m in others])
+        if self.kind == "dns":
+            return np.clip((meas - low) / (high - low), 0.0, 1.0)
+        return np.clip(meas, low, np.nextafter(high, low))
+
+    def cells_of(self, task: str, index: np.ndarray) -> list[tuple[int, ...]]:
+        """The cells of archive rows with pyribs ``index`` values: grid coordinates (grid), or
+        the cell's (cvt) or the row's (dns) number."""
+        archive = self.archives[task]
+        if self.kind == "grid":
+            return [tuple(int(c) for c in row) for row in np.atleast_2d(archive.int_to_grid_index(index))]
+        return [(int(i),) for i in index]
 
     def with_solution_dim(self, solution_dim: int) -> "CyclicArchives":
         """Empty archives of the same settings whose solutions have ``solution_dim`` numbers."""
-        return CyclicArchives(tasks=self.tasks, measures=self.measures, sampling=self.sampling, alpha=self.alpha, seed=self._seed, solution_dim=solution_dim, quality=self.quality)
+        return CyclicArchives(**{**self.settings(), "solution_dim": solution_dim})
 
     @property
     def K(self) -> int:
@@ -137,7 +192,8 @@ class CyclicArchives:
         """Offer one evaluated model to every archive; returns pyribs' add status per archive.
 
         ``solution`` defaults to the id (a solution of one number). Measures are clipped into
-        each axis' range, so a score past the range lands in the edge cell instead of being dropped.
+        each axis' range, so a score past the range lands in the edge cell instead of being
+        dropped (see :meth:`measures_of`).
         """
         vec = np.array([scores[t] for t in self.tasks], dtype=np.float64)
         sol = np.array([float(elite_id)]) if solution is None else np.asarray(solution)
@@ -146,9 +202,7 @@ class CyclicArchives:
         lineage = (list(parents) + [-1, -1])[:2]
         status = {}
         for task, archive in self.archives.items():
-            meas = np.array([scores[t] for t in self.descriptors(task)], dtype=np.float64)
-            lower, upper = archive.lower_bounds, archive.upper_bounds
-            meas = np.clip(meas, lower, np.nextafter(upper, lower))
+            meas = self.measures_of(task, scores)
             res = archive.add(
                 solution=[sol],
                 objective=[scores[task] if self.quality == "task" else float(vec.mean())],
@@ -165,8 +219,8 @@ class CyclicArchives:
         """Draw ``n`` distinct elites of ``task``'s archive (fewer only if it holds fewer).
 
         ``"elite"`` sampling: probability ∝ Π norm(v) over the elite's quality and each of
-        its descriptor cell indices, ``norm`` min-max scaling into ``[α_low, α_high]``
-        (1 where all values are equal).
+        its descriptor cell indices (grid; cvt and dns have no ordered cells: its measures),
+        ``norm`` min-max scaling into ``[α_low, α_high]`` (1 where all values are equal).
         """
         archive = self.archives[task]
         data = archive.data()
@@ -175,7 +229,10 @@ class CyclicArchives:
         if self.sampling == "uniform":
             p = np.full(len(data["index"]), 1 / len(data["index"]))
         else:
-            cells = np.atleast_2d(archive.int_to_grid_index(data["index"]))
+            if self.kind == "grid":
+                cells = np.atleast_2d(archive.int_to_grid_index(data["index"]))
+            else:
+                cells = np.atleast_2d(data["measures"])
             columns = [data["objective"]] + [cells[:, j] for j in range(cells.shape[1])]
             p = np.prod([self._norm(np.asarray(c, dtype=np.float64)) for c in columns], axis=0)
             p = p / p.sum()
@@ -203,8 +260,13 @@ class CyclicArchives:
 
     def best(self, task: str) -> ElitePick:
         a = self.archives[task]
-        b = a.best_elite
-        if b is None:
+        if self.kind == "dns" and len(a):  # pyribs 0.12's DNSArchive does not track its best elite
+            data = a.data()
+            j = int(np.argmax(data["objective"]))
+            b = {k: v[j] for k, v in data.items()}
+        else:
+            b = a.best_elite
+        if b is None or not len(a):
             raise RuntimeError(f"archive {task!r} is empty")
         return ElitePick(id=int(b["id"]), objective=float(b["objective"]), scores=tuple(float(x) for x in b["scores"]), solution=b["solution"])
 
@@ -236,8 +298,7 @@ class CyclicArchives:
             data = a.data(["id", "solution"])
             solutions.update({int(i): s for i, s in zip(data["id"], data["solution"])})
         return {
-            "settings": {"tasks": self.tasks, "measures": self.measures, "sampling": self.sampling, "alpha": self.alpha,
-                         "seed": self._seed, "solution_dim": self.solution_dim, "quality": self.quality},
+            "settings": self.settings(),
             "rows": {t: a.data(fields) for t, a in self.archives.items()},
             "solutions": solutions,
         }

@@ -254,16 +254,18 @@ def _baselines(cfg: DictConfig, n_experts: int) -> dict[str, BaselineSpec]:
 def _archives(cfg: DictConfig, tasks: list) -> CyclicArchives:
     node = plain(_setting(cfg, "archive"))
     require(isinstance(node, dict), "archive", f"must be a mapping, got {node!r}")
-    unknown = sorted(set(node) - {"sampling", "alpha", "quality"})
-    require(not unknown, f"archive.{unknown[0] if unknown else ''}", "unknown key (the keys are sampling, alpha, quality)")
+    kind = node.get("kind", "grid")
+    own = {"grid": (), "cvt": ("cells", "samples"), "dns": ("capacity", "k_neighbors")}
+    require(kind in own, "archive.kind", f"must be one of {list(own)}, got {kind!r}")
+    keys = ("kind", "sampling", "alpha", "quality", *own[kind])
+    unknown = sorted(set(node) - set(keys))
+    require(not unknown, f"archive.{unknown[0] if unknown else ''}", f"unknown key for archive.kind={kind} (the keys are {', '.join(keys)})")
     try:
         return CyclicArchives(
             tasks=[t.name for t in tasks],
             measures={t.name: t.measure for t in tasks},
-            sampling=node.get("sampling", "elite"),
-            alpha=node.get("alpha", (0.5, 0.8)),
             seed=cfg.seed,
-            quality=node.get("quality", "task"),
+            **{k: tuple(v) if k == "alpha" and isinstance(v, list) else v for k, v in node.items()},
         )
     except ConfigError as e:
         raise e.under("archive") from None

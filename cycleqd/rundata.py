@@ -22,7 +22,7 @@ class RunData:
     Attributes:
         run_dir: Where it lives.
         summary: ``summary.json`` (empty if the run has not finished).
-        archives: Task name → its pyribs ``GridArchive``.
+        archives: Task name → its pyribs archive (``GridArchive``, ``CVTArchive`` or ``DNSArchive``).
         elites: One row per (archive, elite): id, archive, cell, objective, measures, the
             K task scores (``score_<task>``, optimisation split), generation, parents, origin.
         store: The elite store of the run (empty when its elites are genomes).
@@ -107,7 +107,7 @@ def load_run(run_dir: str | Path) -> RunData:
     rows = []
     for task, archive in cyclic.archives.items():
         data = archive.data()
-        cells = archive.int_to_grid_index(data["index"])
+        cells = cyclic.cells_of(task, data["index"])
         for j in range(len(data["index"])):
             elite_id, generation = int(data["id"][j]), int(data["generation"][j])
             rows.append(
