@@ -121,7 +121,7 @@ class CyclicArchives:
                     "parents": ((2,), np.int64),  # -1: none (an expert)
                 },
             }
-            ranges = [(m.low, m.high) for m in others]
+            ranges = [m.axis for m in others]
             if kind == "grid":
                 self.archives[task] = GridArchive(dims=[m.bins for m in others], ranges=ranges, **common)
             elif kind == "cvt":
@@ -147,8 +147,8 @@ class CyclicArchives:
         a distance, so that no task's units outweigh another's)."""
         others = [self.measures[t] for t in self.descriptors(task)]
         meas = np.array([scores[t] for t in self.descriptors(task)], dtype=np.float64)
-        low = np.array([m.low for m in others])
-        high = np.array([m.high for m in others])
+        low = np.array([m.axis[0] for m in others])
+        high = np.array([m.axis[1] for m in others])
         if self.kind == "dns":
             return np.clip((meas - low) / (high - low), 0.0, 1.0)
         return np.clip(meas, low, np.nextafter(high, low))

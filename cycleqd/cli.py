@@ -123,11 +123,21 @@ def _guarded(cmd: str, fn, run_dir: Path | None = None):
         sys.exit(130)
 
 
-def _score_cells(s: dict | None, tasks: list[str]) -> str:
+def _lower_is_better(summary: dict) -> dict:
+    """Task → its Measure, for the tasks whose scores are lower-is-better."""
+    from cycleqd.protocols import Measure
+
+    return {t: Measure(**m) for t, m in (summary.get("measures") or {}).items() if m.get("direction") == "min"}
+
+
+def _score_cells(s: dict | None, tasks: list[str], lower: dict | None = None) -> str:
+    """Scores in points; a lower-is-better task's as its own score (from its utility); the mean over utilities."""
+    lower = lower or {}
     if not s:
         return "".join("—".rjust(11) for _ in tasks) + "—".rjust(9)
     mean = sum(s[t] for t in tasks) / len(tasks)
-    return "".join(f"{100 * s[t]:11.1f}" for t in tasks) + f"{100 * mean:9.1f}"
+    cells = "".join(f"{lower[t].score(s[t]):11.4g}" if t in lower else f"{100 * s[t]:11.1f}" for t in tasks)
+    return cells + f"{100 * mean:9.1f}"
 
 
 def _difference(d: dict | None) -> str:
@@ -145,13 +155,17 @@ def format_summary(summary: dict) -> str:
     rows += [(f"baseline: {n}", s, vs.get(f"baseline:{n}")) for n, s in summary["baselines"].items()]
     search = summary.get("search", "cycleqd")
     rows.append((f"{search} (final)", summary["final"], None))
+    lower = _lower_is_better(summary)
     width = max(len(r[0]) for r in rows) + 2
-    head = "model".ljust(width) + "".join(t[:10].rjust(11) for t in tasks) + "mean".rjust(9)
+    head = "model".ljust(width) + "".join((t[:9] + "↓" if t in lower else t[:10]).rjust(11) for t in tasks) + "mean".rjust(9)
     head += "  final − model [95% CI]" if vs else ""
     lines = [head, "-" * len(head)]
-    lines += [name.ljust(width) + _score_cells(s, tasks) + _difference(d) for name, s, d in rows]
+    lines += [name.ljust(width) + _score_cells(s, tasks, lower) + _difference(d) for name, s, d in rows]
     if vs:
         lines.append("(test-mean points; paired bootstrap over the test prompts, stratified by task)")
+    if lower:
+        lines.append("↓ lower is better, shown as the task's own score; the mean and differences count its utility "
+                     + ", ".join(f"({m.high:g} − {t}) / {m.high - m.low:g}" for t, m in lower.items()))
     lines.append("")
     if search == "cycleqd":
         lines.append(f"generations {summary['generations']}, evaluations {summary['evaluations']}, wall time {summary['wall_time_s']:.0f}s")
@@ -256,9 +270,13 @@ def _evaluate(model_dir: str, overrides: list[str], split: str) -> None:
     from cycleqd.evaluation import evaluate_model
 
     cfg = compose(overrides)
-    scores = evaluate_model(model_dir, build_tasks(cfg), split, batch_size=cfg.eval_batch_size)
-    for task, score in scores.items():
-        print(f"{task:20s}{100 * score:8.1f}")
+    tasks = build_tasks(cfg)
+    utilities = evaluate_model(model_dir, tasks, split, batch_size=cfg.eval_batch_size)
+    # each task's own score: a lower-is-better one's, not its utility
+    scores = {t.name: t.measure.score(utilities[t.name]) for t in tasks}
+    for t in tasks:
+        lower = t.measure.direction == "min"
+        print(f"{t.name:20s}" + (f"{scores[t.name]:8.4g}  (lower is better)" if lower else f"{100 * scores[t.name]:8.1f}"))
     print(json.dumps(scores))
 
 

@@ -99,16 +99,17 @@ def _one_line(e: BaseException) -> str:
     return line if len(line) <= 300 else line[:297] + "..."
 
 
-def _out_of_bounds(task: str, value: float, what: str) -> Failure | None:
-    """The failure of a score (or an item's score) that is not a finite number in [0, 1]."""
+def _out_of_bounds(task: str, value: float, what: str, bounded: bool = True) -> Failure | None:
+    """The failure of a score (or an item's score) that is not a finite number in [0, 1]
+    (any finite number where not ``bounded``: a lower-is-better task's)."""
     if not math.isfinite(value):
         return Failure("nonfinite_score", task, f"{what} {value}")
-    if not 0.0 <= value <= 1.0:
+    if bounded and not 0.0 <= value <= 1.0:
         return Failure("out_of_range", task, f"{what} {value:g}, outside [0, 1]")
     return None
 
 
-def _check_items(task: str, values: Any) -> tuple[list[float] | None, Failure | None]:
+def _check_items(task: str, values: Any, bounded: bool = True) -> tuple[list[float] | None, Failure | None]:
     try:
         items = [float(v) for v in values]
     except (TypeError, ValueError):
@@ -116,7 +117,7 @@ def _check_items(task: str, values: Any) -> tuple[list[float] | None, Failure | 
     if not items:
         return None, Failure("out_of_range", task, "evaluate_items returned no items")
     for v in items:
-        failure = _out_of_bounds(task, v, "an item scored")
+        failure = _out_of_bounds(task, v, "an item scored", bounded)
         if failure is not None:
             return None, failure
     return items, None
@@ -125,7 +126,11 @@ def _check_items(task: str, values: Any) -> tuple[list[float] | None, Failure | 
 def score_tasks(model: TextModel, tasks: Sequence[Task], split: str, timeout_s: float | None = None, items: bool | None = None) -> Result:
     """Each task's score of ``model`` on ``split``, or the :class:`Failure` of the first task
     that raises, runs past ``timeout_s`` seconds, or returns something other than a
-    finite number in [0, 1].
+    finite number in [0, 1] (any finite number for a lower-is-better task).
+
+    Scores are returned as utilities (:meth:`~cycleqd.protocols.Measure.utility`): a
+    higher-is-better task's score as it is, a lower-is-better task's mapped into [0, 1] by
+    its range, so that everything downstream reads higher as better.
 
     With ``items`` (default: on the test split) tasks scored item by item
     (:class:`~cycleqd.protocols.ItemTask`) give their per-item results too, returned as
@@ -134,13 +139,15 @@ def score_tasks(model: TextModel, tasks: Sequence[Task], split: str, timeout_s: 
     scores: dict[str, float] = {}
     per_item: dict[str, list[float]] = {}
     for t in tasks:
+        measure = getattr(t, "measure", None)
+        bounded = getattr(measure, "direction", "max") == "max"
         try:
             with deadline(timeout_s):
                 if items and scored_by_items(t):
-                    values, failure = _check_items(t.name, t.evaluate_items(model, split))
+                    values, failure = _check_items(t.name, t.evaluate_items(model, split), bounded)
                     if failure is not None:
                         return failure
-                    per_item[t.name] = values
+                    per_item[t.name] = values if bounded else [measure.item_utility(v) for v in values]
                     value = sum(values) / len(values)
                 else:
                     value = t.evaluate(model, split)
@@ -149,12 +156,12 @@ def score_tasks(model: TextModel, tasks: Sequence[Task], split: str, timeout_s: 
         except Exception as e:
             return Failure("raised", t.name, _one_line(e))
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            return Failure("out_of_range", t.name, f"returned {value!r} ({type(value).__name__}), not a number in [0, 1]")
+            return Failure("out_of_range", t.name, f"returned {value!r} ({type(value).__name__}), not a number" + (" in [0, 1]" if bounded else ""))
         value = float(value)
-        failure = _out_of_bounds(t.name, value, "returned")
+        failure = _out_of_bounds(t.name, value, "returned", bounded)
         if failure is not None:
             return failure
-        scores[t.name] = value
+        scores[t.name] = value if bounded else measure.utility(value)
     return ItemScores(scores, per_item) if per_item else scores
 
 

@@ -19,16 +19,45 @@ class TextModel(Protocol):
 
 @dataclass(frozen=True)
 class Measure:
-    """The axis a task contributes when it is a behaviour descriptor."""
+    """The axis a task contributes when it is a behaviour descriptor, and which way is better.
+
+    ``direction: max`` (the default): the task's score is a number in [0, 1], higher is
+    better, and the axis is ``[low, high]`` in score units. ``direction: min``: the score is
+    any finite number, lower is better (perplexity, error rate, length), and ``[low, high]``
+    is the span that matters: cycleqd works with its *utility* ``(high − score) / (high − low)``
+    clipped to [0, 1] (1 at ``low``, the best end), so that quality, descriptors, sampling,
+    means and merge weights all read higher as better; the axis is then ``[0, 1]``.
+    """
 
     low: float = 0.0
     high: float = 1.0
     bins: int = 15
+    direction: str = "max"
 
     def __post_init__(self) -> None:
         check_fields(self)
         require(1 <= self.bins <= 10_000, "bins", f"must be in [1, 10000], got {self.bins}")
         require(self.low < self.high, "low", f"empty range: low={self.low} is not below high={self.high}")
+        require(self.direction in ("max", "min"), "direction", f"must be max or min, got {self.direction!r}")
+
+    @property
+    def axis(self) -> tuple[float, float]:
+        """The descriptor axis' range, in utility units."""
+        return (self.low, self.high) if self.direction == "max" else (0.0, 1.0)
+
+    def utility(self, score: float) -> float:
+        """``score`` read as higher-is-better: itself (max), or its place in the range (min)."""
+        if self.direction == "max":
+            return score
+        return min(1.0, max(0.0, (self.high - score) / (self.high - self.low)))
+
+    def item_utility(self, score: float) -> float:
+        """One item's utility: linear, unclipped, so that the utilities' mean is the mean's."""
+        return score if self.direction == "max" else (self.high - score) / (self.high - self.low)
+
+    def score(self, utility: float) -> float:
+        """The task's own score back from a utility (the range's end where the utility was clipped)."""
+        return utility if self.direction == "max" else self.high - utility * (self.high - self.low)
 
     @classmethod
     def of(cls, value: "Measure | Mapping[str, Any]") -> "Measure":
@@ -37,9 +66,9 @@ class Measure:
             return value
         if not isinstance(value, Mapping):
             raise ConfigError("measure", f"must be a mapping with low, high and bins, got {value!r}")
-        unknown = sorted(set(value) - {"low", "high", "bins"})
+        unknown = sorted(set(value) - {"low", "high", "bins", "direction"})
         if unknown:
-            raise ConfigError(f"measure.{unknown[0]}", "unknown key (the keys are low, high, bins)")
+            raise ConfigError(f"measure.{unknown[0]}", "unknown key (the keys are low, high, bins, direction)")
         try:
             return cls(**value)
         except ConfigError as e:
@@ -48,7 +77,8 @@ class Measure:
 
 class Task(Protocol):
     """What the loop needs of a task plugin: a name, its descriptor axis, and a
-    deterministic score in [0, 1] of a model on a split (``opt`` or ``test``)."""
+    deterministic score of a model on a split (``opt`` or ``test``): in [0, 1] and higher is
+    better, or, with ``measure.direction: min``, any finite number and lower is better."""
 
     name: str
     measure: Measure

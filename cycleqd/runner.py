@@ -12,6 +12,8 @@ at any moment resumes to the result an uninterrupted run gives.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 import resource
@@ -325,6 +327,8 @@ class Run:
         final_vs = compare_to("final", items, seed=self.cfg.seed) if "final" in items else {}
         summary = {
             "tasks": self.names,
+            # each task's axis; scores below are utilities (a lower-is-better task's mapped by its range)
+            "measures": {t.name: dataclasses.asdict(t.measure) for t in self.c.tasks},
             "search": self.c.search.name,
             "generations": self.qd.generation,
             "evaluations": self.qd.evaluations if searched is None else final_info["evaluations"],

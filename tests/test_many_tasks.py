@@ -113,3 +113,71 @@ def test_archive_keys_are_checked_per_kind(cache: Path, tmp_path: Path):
     assert "archive.cells" in line and "kind=grid" in line
     line = one_line_error(cli("run", *args, "archive=cvt", "archive.cells=0", "dry_run=true", check=False))
     assert "archive.cells" in line and ">= 1" in line
+
+
+# -- lower-is-better tasks ----------------------------------------------------------------
+
+
+def test_a_lower_is_better_task_is_the_same_search_as_its_mirror(cache: Path, tmp_path: Path):
+    """An error rate with `direction: min` over [0, 1] has utility 1 − error = accuracy: the run
+    must be the run of the accuracy task, archive for archive, and its table prints the error."""
+    from tests.runs import run_fingerprint
+
+    dirs = {}
+    for target, direction in (("Duplicate", "max"), ("DuplicateErrors", "min")):
+        run_dir = tmp_path / direction
+        args = tiny_overrides(cache, generations=6, tasks=("addition", "reversal")) + ["task=[addition,reversal]"]
+        args += _extra_task("duplicate", f"tests.plugins.more_tasks.{target}")
+        args += [f"+task.duplicate.measure.direction={direction}"]
+        cli("run", *args, f"hydra.run.dir={run_dir}")
+        dirs[direction] = run_dir
+    a, b = run_fingerprint(dirs["max"]), run_fingerprint(dirs["min"])
+    assert b["summary"].pop("measures")["duplicate"]["direction"] == "min"
+    a["summary"].pop("measures")
+    for f in (a, b):
+        f["summary"].pop("base_model")  # the base's cache key names the tasks' classes; its weights are the same
+    assert a == b
+    shown = cli("show", str(dirs["min"])).stdout
+    head, _, first = shown.splitlines()[:3]
+    assert "duplicate↓" in head and "lower is better" in shown
+    accuracy = json.loads((dirs["max"] / "summary.json").read_text())["experts"]["addition"]["duplicate"]
+    assert float(first.split()[-2 if "[" not in first else -5]) == pytest.approx(1 - accuracy, abs=1e-4)
+
+
+def test_scores_of_a_lower_is_better_task_become_utilities_by_its_range():
+    from cycleqd.evaluation import score_tasks
+    from cycleqd.protocols import Failure, ItemTask
+
+    class Perplexity(ItemTask):
+        name = "ppl"
+        measure = Measure(low=5.0, high=50.0, direction="min")
+
+        def __init__(self, values):
+            self.values = values
+
+        def evaluate_items(self, model, split="opt"):
+            return self.values
+
+    result = score_tasks(None, [Perplexity([10.0, 14.0])], "test")
+    assert result["ppl"] == pytest.approx((50 - 12) / 45)
+    assert result.per_item["ppl"] == pytest.approx([40 / 45, 36 / 45])  # their mean is the score
+    assert score_tasks(None, [Perplexity([80.0, 90.0])], "opt")["ppl"] == 0.0  # past the worst end: clipped
+    assert score_tasks(None, [Perplexity([1.0, 3.0])], "opt")["ppl"] == 1.0
+    failed = score_tasks(None, [Perplexity([10.0, float("nan")])], "test")
+    assert isinstance(failed, Failure) and failed.reason == "nonfinite_score" and failed.task == "ppl"
+    assert Perplexity.measure.score(result["ppl"]) == pytest.approx(12.0)
+
+
+def test_an_archive_of_a_lower_is_better_descriptor_bins_its_utility():
+    m = {"q": Measure(), "err": Measure(low=0.0, high=0.5, bins=5, direction="min")}
+    archives = CyclicArchives(tasks=["q", "err"], measures=m)
+    assert tuple(archives.archives["q"].lower_bounds) == (0.0,) and tuple(archives.archives["q"].upper_bounds) == (1.0,)
+    archives.add(0, {"q": 0.5, "err": m["err"].utility(0.05)}, 0)  # utility 0.9: the top bin
+    assert archives.cells_of("q", archives.archives["q"].data("index")) == [(4,)]
+
+
+def test_direction_is_checked():
+    from cycleqd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="direction.*max or min"):
+        Measure.of({"direction": "down"})
