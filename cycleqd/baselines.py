@@ -27,7 +27,17 @@ def static_merges(
     """Test results of each baseline's chosen merge, the choices, and the failed baselines (name → why).
 
     ``scores`` evaluates a list of ``(task vector, split)`` at once (a pool's workers in parallel)."""
+    from cycleqd.progress import Progress
+
     out, chosen, failed = {}, {}, {}
+    progress = Progress("baselines: static merges on opt, the chosen on test", sum(len(s.grid) + 1 for s in specs.values()), "evaluation")
+    evaluate = scores
+
+    def scores(pairs):
+        results = evaluate(pairs)
+        progress.update(len(pairs))
+        return results
+
     for name, spec in specs.items():
         merges = {}
         for lam, density, gamma in spec.grid:
@@ -52,4 +62,5 @@ def static_merges(
             "gamma": best[2] if spec.method == "breadcrumbs" else None,
             "opt_mean": {str(k): (mean(v) if not isinstance(v, Failure) else None) for k, v in opt.items()},
         }
+    progress.close()
     return out, chosen, failed

@@ -36,11 +36,12 @@ SETTINGS: dict[str, Any] = {
     "device": str | None,
     "threads": int | None,
     "quiet": bool,
+    "progress_every_s": float,
     "dry_run": bool,
     "genome": str | bool,
 }
 GROUPS = ("model", "experts", "task", "crossover", "mutation", "archive", "evaluator", "logger", "final", "baselines", "search")
-MINIMUM = {"seed": 0, "generations": 1, "children_per_generation": 1, "checkpoint_every": 0, "eval_batch_size": 1, "threads": 1}
+MINIMUM = {"seed": 0, "generations": 1, "children_per_generation": 1, "checkpoint_every": 0, "eval_batch_size": 1, "threads": 1, "progress_every_s": 0}
 BASELINE_KEYS = ("method", "scales", "density", "gamma")
 
 

@@ -103,7 +103,7 @@ def build_base(recipe: EmbeddedRecipe, tasks: Sequence, out: Path) -> None:
     pairs = _mixture(tasks, recipe.pretrain_weights, recipe.pretrain_examples, recipe.pretrain.seed)
     t0 = time.perf_counter()
     # Loss on answers only: the prompts are random strings, modelling them teaches nothing.
-    loss = train(model, tokenizer, pairs, recipe.pretrain, list(model.parameters()), answer_only=True)
+    loss = train(model, tokenizer, pairs, recipe.pretrain, list(model.parameters()), answer_only=True, desc="pretraining the base")
     log.info("pretrained base: loss %.3f in %.0fs", loss, time.perf_counter() - t0)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

@@ -111,8 +111,10 @@ def _batches(tokenizer, pairs: list[tuple[str, str]], batch_size: int, rng: rand
             yield ids, mask, labels
 
 
-def train(model, tokenizer, pairs: list[tuple[str, str]], cfg: Training, params, *, answer_only: bool) -> float:
-    """Train ``params`` of ``model`` on ``pairs``; returns the final loss."""
+def train(model, tokenizer, pairs: list[tuple[str, str]], cfg: Training, params, *, answer_only: bool, desc: str = "training") -> float:
+    """Train ``params`` of ``model`` on ``pairs``; returns the final loss (progress shown as ``desc``)."""
+    from cycleqd.progress import Progress
+
     torch.manual_seed(cfg.seed)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
@@ -126,14 +128,16 @@ def train(model, tokenizer, pairs: list[tuple[str, str]], cfg: Training, params,
     model.train()
     batches = _batches(tokenizer, list(pairs), cfg.batch_size, random.Random(cfg.seed), answer_only)
     loss = torch.tensor(float("nan"))
-    for _ in range(cfg.steps):
-        ids, mask, labels = next(batches)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+    with Progress(desc, cfg.steps, "step") as progress:
+        for _ in range(cfg.steps):
+            ids, mask, labels = next(batches)
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            progress.update()
     model.eval()
     return float(loss.detach())
 
@@ -150,7 +154,7 @@ def build_expert(ex: ExpertRecipe, examples: int, base_dir: Path, task, out: Pat
         for name, p in model.named_parameters():
             p.requires_grad_(any(s in name for s in ex.trainable))
         params = [p for p in model.parameters() if p.requires_grad]
-        loss = train(model, tokenizer, pairs, ex.training, params, answer_only=True)
+        loss = train(model, tokenizer, pairs, ex.training, params, answer_only=True, desc=f"expert {task.name}")
         for p in model.parameters():
             p.requires_grad_(True)
         model.save_pretrained(out)
@@ -161,7 +165,7 @@ def build_expert(ex: ExpertRecipe, examples: int, base_dir: Path, task, out: Pat
         cfg = LoraConfig(r=ex.lora_rank, lora_alpha=ex.lora_alpha, target_modules=list(ex.target_modules), lora_dropout=0.0)
         model = get_peft_model(model, cfg)
         params = [p for p in model.parameters() if p.requires_grad]
-        loss = train(model, tokenizer, pairs, ex.training, params, answer_only=True)
+        loss = train(model, tokenizer, pairs, ex.training, params, answer_only=True, desc=f"expert {task.name} (LoRA)")
         model.save_pretrained(out)
     else:
         raise ValueError(f"expert.kind must be 'full' or 'lora', got {ex.kind!r}")

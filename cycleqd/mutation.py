@@ -55,13 +55,16 @@ def truncate(delta: LowRank, max_rank: int) -> LowRank:
     return LowRank(s.U[:, :k] * s.S[:k], s.Vh[:k])
 
 
-def expert_svds(expert: TaskVector, *, include_embeddings: bool = False) -> dict[str, SVD]:
+def expert_svds(expert: TaskVector, *, include_embeddings: bool = False, desc: str = "SVD of an expert") -> dict[str, SVD]:
     """SVD of each 2-D delta of an expert task vector (computed once per expert, then cached)."""
+    from cycleqd.progress import Progress
+
+    names = [n for n, d in expert.items() if len(d.shape) == 2 and (include_embeddings or not ("embed" in n or "lm_head" in n))]
     out = {}
-    for name, d in expert.items():
-        if len(d.shape) != 2 or (not include_embeddings and ("embed" in name or "lm_head" in name)):
-            continue
-        out[name] = svd_of(d)
+    with Progress(desc, len(names), "matrix") as progress:
+        for name in names:
+            out[name] = svd_of(expert[name])
+            progress.update()
     return out
 
 

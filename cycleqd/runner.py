@@ -17,7 +17,6 @@ import dataclasses
 import json
 import logging
 import resource
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,8 @@ from cycleqd.models import default_device, load_model
 from cycleqd.mutation import expert_svds
 from cycleqd.operators import DenseOperators, GenomeOperators
 from cycleqd.protocols import Failure, Result
+from cycleqd.progress import Progress
+from cycleqd.progress import configure as configure_progress
 from cycleqd.reports import elite_table, heatmaps
 from cycleqd.select import aggregate_best
 from cycleqd.stats import compare_to
@@ -66,6 +67,7 @@ class Run:
     def __init__(self, cfg: DictConfig, run_dir: str | Path, components: Components | None = None) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.c = components or build(cfg)
+        configure_progress(quiet=cfg.quiet, every_s=cfg.get("progress_every_s", 30.0))
         if cfg.device and cfg.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError("device", f"{cfg.device!r} requested, but this machine has no CUDA device")
         self.tasks, self.names = self.c.tasks, self.c.names
@@ -96,7 +98,7 @@ class Run:
         root = Path(cfg.model.cache_dir) if cfg.model.get("cache_dir") else cache_root()
         parts, self.basis_files = {}, {}
         for t in self.names:
-            parts[t], key = cached_expert_basis(self.experts[t], root, expert_svds)
+            parts[t], key = cached_expert_basis(self.experts[t], root, lambda tv, t=t: expert_svds(tv, desc=f"SVD of expert {t}"))
             self.basis_files[t] = str(root / "bases" / f"{key[:32]}.safetensors")
         if self.c.genome:
             self.basis = Basis(self.names, parts)
@@ -177,10 +179,8 @@ class Run:
         """Children until ``cfg.generations``, checkpoints committed on the way: a generation of
         ``children_per_generation`` at a time (``sync``), or a new child whenever a worker
         frees (``async``: ``generations`` then counts children)."""
-        from tqdm.auto import tqdm
-
         qd = self.qd
-        self.bar = tqdm(total=self.cfg.generations, initial=qd.generation, desc="cycleqd", disable=self.cfg.quiet or not sys.stderr.isatty(), dynamic_ncols=True)
+        self.bar = Progress("cycleqd", self.cfg.generations, "generation", initial=qd.generation)
         try:
             if getattr(self.pool, "mode", "sync") == "async":
                 self._evolve_async()
@@ -283,7 +283,9 @@ class Run:
         scales = list(self.c.final.scales)
         best = scales[0]
         if len(scales) > 1:
-            opt = dict(zip(scales, self.scores([(self.operators.combine([merged], [s]), "opt") for s in scales])))
+            with Progress("final model: its scale on opt", len(scales), "evaluation") as progress:
+                opt = dict(zip(scales, self.scores([(self.operators.combine([merged], [s]), "opt") for s in scales])))
+                progress.update(len(scales))
             ok = [s for s in scales if not isinstance(opt[s], Failure)]
             if ok:
                 best = max(ok, key=lambda s: (mean(opt[s]), -abs(s - 1.0)))
@@ -311,7 +313,9 @@ class Run:
         fault_point("final: start")
         final_tv, final_info = searched if searched is not None else self.final_model()
         self._check_stop()
-        *expert_results, base_result = self.scores([(tv, "test") for tv in self.experts.values()] + [(None, "test")])
+        with Progress("experts and base on test", len(self.experts) + 1, "evaluation") as progress:
+            *expert_results, base_result = self.scores([(tv, "test") for tv in self.experts.values()] + [(None, "test")])
+            progress.update(len(self.experts) + 1)
         experts = {t: scored(f"expert:{t}", r) for t, r in zip(self.experts, expert_results)}
         base = scored("base", base_result)
         self._check_stop()
@@ -319,7 +323,9 @@ class Run:
         baselines = {name: scored(f"baseline:{name}", r) for name, r in baseline_results.items()}
         failed.update({f"baseline:{k}": v for k, v in failed_baselines.items()})
         self._check_stop()
-        final_test_result, final_opt_result = self.scores([(final_tv, "test"), (final_tv, "opt")])
+        with Progress("final model on test and opt", 2, "evaluation") as progress:
+            final_test_result, final_opt_result = self.scores([(final_tv, "test"), (final_tv, "opt")])
+            progress.update(2)
         final = scored("final", final_test_result)
         final_opt = scored("final_opt", final_opt_result)
         fault_point("final: scored")

@@ -181,3 +181,16 @@ def test_direction_is_checked():
 
     with pytest.raises(ConfigError, match="direction.*max or min"):
         Measure.of({"direction": "down"})
+
+
+def test_long_steps_report_progress_where_stderr_is_not_a_terminal(tmp_path: Path):
+    """A fresh cache: pretraining, fine-tuning, the SVDs, the loop, the baselines and the
+    final model each log their progress lines, with an ETA, to a log (not a terminal)."""
+    args = tiny_overrides(tmp_path / "cache", generations=3) + ["progress_every_s=0"]
+    proc = cli("run", *args, f"hydra.run.dir={tmp_path / 'run'}")
+    err = proc.stdout + proc.stderr  # Hydra logs to stdout and the run's cli.log
+    for step in ("pretraining the base", "expert addition", "SVD of expert sorting", "cycleqd", "baselines", "final model"):
+        lines = [line for line in err.splitlines() if f"] - {step}" in line]
+        assert len(lines) >= 2, (step, err[-3000:])
+        assert any("ETA" in line for line in lines) or step.startswith("final model"), (step, lines)
+    assert "] - cycleqd: 3/3 generations in" in err
