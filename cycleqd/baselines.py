@@ -1,5 +1,5 @@
 """Static merges of the experts: each configured method's parameters are chosen on the
-opt split from its grid (scale × density × gamma), and the chosen merge is reported on
+opt split from its grid (scale × density × gamma × epsilon), and the chosen merge is reported on
 the test split. A merge whose evaluation fails is reported as failed."""
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ def static_merges(
 
     for name, spec in specs.items():
         merges = {}
-        for lam, density, gamma in spec.grid:
+        for lam, density, gamma, epsilon in spec.grid:
             gen = torch.Generator().manual_seed(seed)
             # λ multiplies the merge of equally weighted experts (mergekit's ``lambda``)
-            merges[(lam, density, gamma)] = Merge(spec.method, density=density, gamma=gamma)(experts, [1.0] * len(experts), gen).scale(lam)
+            merges[(lam, density, gamma, epsilon)] = Merge(spec.method, density=density, gamma=gamma, epsilon=epsilon)(experts, [1.0] * len(experts), gen).scale(lam)
         opt = dict(zip(merges, scores([(tv, "opt") for tv in merges.values()])))
         ok = [k for k in spec.grid if not isinstance(opt[k], Failure)]
         if not ok:
@@ -58,8 +58,9 @@ def static_merges(
         chosen[name] = {
             "method": spec.method,
             "scale": best[0],
-            "density": best[1] if spec.method != "linear" else None,
-            "gamma": best[2] if spec.method == "breadcrumbs" else None,
+            "density": best[1] if spec.method not in ("linear", "model_stock", "slerp") else None,
+            "gamma": best[2] if spec.method.startswith("breadcrumbs") else None,
+            "epsilon": best[3] if spec.method.startswith("della") else None,
             "opt_mean": {str(k): (mean(v) if not isinstance(v, Failure) else None) for k, v in opt.items()},
         }
     progress.close()

@@ -42,7 +42,7 @@ SETTINGS: dict[str, Any] = {
 }
 GROUPS = ("model", "experts", "task", "crossover", "mutation", "archive", "evaluator", "logger", "final", "baselines", "search")
 MINIMUM = {"seed": 0, "generations": 1, "children_per_generation": 1, "checkpoint_every": 0, "eval_batch_size": 1, "threads": 1, "progress_every_s": 0}
-BASELINE_KEYS = ("method", "scales", "density", "gamma")
+BASELINE_KEYS = ("method", "scales", "density", "gamma", "epsilon")
 
 
 @dataclass(frozen=True)
@@ -56,11 +56,11 @@ class FinalSpec:
 
 @dataclass(frozen=True)
 class BaselineSpec:
-    """One static merge of all experts and its grid of (scale, density, gamma), chosen on opt."""
+    """One static merge of all experts and its grid of (scale, density, gamma, epsilon), chosen on opt."""
 
     name: str
     method: str
-    grid: tuple[tuple[float, float, float], ...]
+    grid: tuple[tuple[float, float, float, float], ...]
 
 
 @dataclass(frozen=True)
@@ -231,7 +231,7 @@ def _baselines(cfg: DictConfig, n_experts: int) -> dict[str, BaselineSpec]:
         unknown = sorted(set(spec) - set(BASELINE_KEYS))
         require(not unknown, f"{key}.{unknown[0] if unknown else ''}", f"unknown key (the keys are {', '.join(BASELINE_KEYS)})")
         lists = {}
-        for k, default in (("scales", []), ("density", [0.5]), ("gamma", [0.01])):
+        for k, default in (("scales", []), ("density", [0.5]), ("gamma", [0.01]), ("epsilon", [0.1])):
             v = spec.get(k, default)
             v = default if v is None else v
             require(matches(v, list[float]), f"{key}.{k}", f"must be a list of numbers, got {v!r}")
@@ -242,10 +242,10 @@ def _baselines(cfg: DictConfig, n_experts: int) -> dict[str, BaselineSpec]:
             continue  # `scales: []` switches a baseline off
         if method == "slerp":
             require(n_experts == 2, key, f"slerp merges exactly 2 experts, the config has {n_experts} tasks")
-        grid = tuple(itertools.product(lists["scales"], lists["density"] or [0.5], lists["gamma"] or [0.01]))
-        for _, density, gamma in grid:
+        grid = tuple(itertools.product(lists["scales"], lists["density"] or [0.5], lists["gamma"] or [0.01], lists["epsilon"] or [0.1]))
+        for _, density, gamma, epsilon in grid:
             try:
-                Merge(method, density=density, gamma=gamma)
+                Merge(method, density=density, gamma=gamma, epsilon=epsilon)
             except ConfigError as e:
                 raise e.under(key) from None
         out[name] = BaselineSpec(name, method, grid)

@@ -14,10 +14,24 @@ Per tensor, for task deltas ``τ_1..τ_n`` with weights ``w_i``:
   rescale the rest by ``1/density``, then combine by ``linear`` or by ``ties`` sign election.
 - ``breadcrumbs`` (Davari & Belilovsky, 2024): drop the ``⌊gamma·n⌋`` largest magnitudes
   (outliers), keep the next ``⌊density·n⌋``, then ``linear`` (mergekit's ``breadcrumbs``).
+- ``breadcrumbs_ties``: breadcrumbs' masks, then TIES' sign election; the agreeing weighted
+  entries are summed, not averaged (mergekit's ``breadcrumbs_ties``, ``normalize: false``).
+- ``della`` / ``della_linear`` (Deep et al., 2024): each entry kept with a probability that
+  grows with its magnitude's rank in its row, from ``density − epsilon`` (smallest) to
+  ``density + epsilon`` (largest); the kept entries rescaled so that the tensor keeps its L1
+  norm; then ``ties``' election and weighted mean (``della``) or the weighted sum
+  (``della_linear``), as mergekit's ``della_magprune`` with ``rescale: true``. (The DELLA
+  paper rescales each kept entry by ``1/p`` instead.)
+- ``model_stock`` (Jang et al., 2024): the weighted mean of the ``τ_i`` times
+  ``t = k·cos θ / (1 + (k − 1)·cos θ)``, ``cos θ`` the mean pairwise cosine of the flattened
+  ``τ_i`` (``k`` of them): an average pulled towards the base where the experts disagree
+  (mergekit's ``model_stock``, whose mean is unweighted: equal weights give it).
 - ``slerp`` (two vectors): spherical interpolation ``sin((1−t)Ω)/sin Ω · τ_1 + sin(tΩ)/sin Ω · τ_2``
   with ``Ω`` the angle between the flattened tensors (linear when nearly parallel).
 
-Entry-wise methods (ties, dare, breadcrumbs, slerp) need dense tensors: a factored
+Every method's result is multiplied by ``scale`` (task arithmetic's ``λ``, mergekit's ``lambda``).
+
+Entry-wise methods (all but linear) need dense tensors: a factored
 (LoRA) module is densified for them; ``linear`` keeps factored deltas factored.
 """
 
@@ -31,7 +45,7 @@ import torch
 from cycleqd.checks import check_fields, require
 from cycleqd.taskvector import TaskVector, as_dense, linear_combination
 
-METHODS = ("linear", "ties", "dare_linear", "dare_ties", "breadcrumbs", "slerp")
+METHODS = ("linear", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "model_stock", "slerp")
 
 
 def magnitude_mask(t: torch.Tensor, density: float) -> torch.Tensor:
@@ -48,11 +62,13 @@ def ties(tensors: Sequence[torch.Tensor], weights: Sequence[float], density: flo
     return _disjoint_merge(trimmed, weights)
 
 
-def _disjoint_merge(stack: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
+def _disjoint_merge(stack: torch.Tensor, weights: Sequence[float], normalize: bool = True) -> torch.Tensor:
     w = torch.tensor(list(weights), dtype=stack.dtype).view(-1, *([1] * (stack.ndim - 1)))
     weighted = stack * w
     sign = torch.where(weighted.sum(0) >= 0, 1.0, -1.0).to(stack.dtype)
     agree = ((torch.sign(weighted) == sign) & (stack != 0)).to(stack.dtype)
+    if not normalize:
+        return (weighted * agree).sum(0)
     divisor = (w * agree).sum(0)
     # Dividing by the agreeing weights, not by their count: with weights summing to 1 a
     # count would shrink the merge to ≈ 1/n of each τ_i.
@@ -91,6 +107,53 @@ def breadcrumbs(tensors: Sequence[torch.Tensor], weights: Sequence[float], densi
     return out
 
 
+def breadcrumbs_ties(tensors: Sequence[torch.Tensor], weights: Sequence[float], density: float, gamma: float) -> torch.Tensor:
+    masked = torch.stack([t * breadcrumbs_mask(t, density, gamma) for t in tensors])
+    return _disjoint_merge(masked, weights, normalize=False)
+
+
+def della_prune(t: torch.Tensor, density: float, epsilon: float, gen: torch.Generator) -> torch.Tensor:
+    """Keep each entry with probability ``density − ε + 2ε·r``, ``r`` its magnitude's rank in
+    its row scaled to [0, 1]; rescale the kept entries to the tensor's L1 norm."""
+    if density >= 1:
+        return t
+    rows = t.unsqueeze(0) if t.ndim < 2 else t
+    ranks = torch.argsort(torch.argsort(rows.abs(), dim=1), dim=1).to(t.dtype) + 1
+    low, high = ranks.min(dim=1, keepdim=True).values, ranks.max(dim=1, keepdim=True).values
+    r = ((ranks - low) / (high - low)).clamp(0, 1)
+    mask = torch.bernoulli((density - epsilon) + r * 2 * epsilon, generator=gen).to(t.dtype)
+    kept = rows * mask
+    before, after = rows.abs().sum(), kept.abs().sum()
+    if before >= 1e-7 and after >= 1e-7:
+        kept = kept * (before / after)
+    return kept.reshape(t.shape)
+
+
+def della(
+    tensors: Sequence[torch.Tensor], weights: Sequence[float], density: float, epsilon: float, gen: torch.Generator, combine: str = "ties"
+) -> torch.Tensor:
+    pruned = [della_prune(t, density, epsilon, gen) for t in tensors]
+    if combine == "linear":
+        return sum(w * t for w, t in zip(weights, pruned))
+    return _disjoint_merge(torch.stack(pruned), weights)
+
+
+def model_stock(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+    flat = [t.flatten() for t in tensors]
+    cos = [
+        ((a * b).sum() / (a.norm() * b.norm()).clamp(min=1e-6)).clamp(-1, 1)
+        for i, a in enumerate(flat)
+        for b in flat[i + 1 :]
+    ]
+    cos_theta = torch.stack(cos).mean()
+    k = len(tensors)
+    denominator = 1 + (k - 1) * cos_theta
+    # At the singularity the interpolation has no finite estimate: the base (no delta), as mergekit.
+    t = torch.zeros(()) if denominator.abs() < 1e-6 else k * cos_theta / denominator
+    total = sum(weights)
+    return t * sum(w * x for w, x in zip(weights, tensors)) / total
+
+
 def slerp(a: torch.Tensor, b: torch.Tensor, t: float, eps: float = 1e-8) -> torch.Tensor:
     fa, fb = a.flatten().double(), b.flatten().double()
     na, nb = fa.norm(), fb.norm()
@@ -110,16 +173,20 @@ class Merge:
     """One merge method with its parameters, applied to whole task vectors.
 
     Args:
-        method: One of ``linear``, ``ties``, ``dare_linear``, ``dare_ties``, ``breadcrumbs``, ``slerp``.
-        density: Fraction of entries kept (ties, dare, breadcrumbs).
+        method: One of :data:`METHODS`.
+        density: Fraction of entries kept (ties, dare, breadcrumbs, della: on average).
         gamma: Fraction of largest entries dropped (breadcrumbs).
+        epsilon: Spread of della's keep probabilities around ``density``.
         t: Interpolation point (slerp; the weights' share of the second vector when omitted).
+        scale: ``λ``: the merge is multiplied by it (task arithmetic's λ, mergekit's ``lambda``).
     """
 
     method: str = "linear"
     density: float = 0.5
     gamma: float = 0.01
+    epsilon: float = 0.1
     t: float | None = None
+    scale: float = 1.0
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -127,12 +194,25 @@ class Merge:
         require(0 < self.density <= 1, "density", f"must be in (0, 1], got {self.density}")
         require(0 <= self.gamma < 1, "gamma", f"must be in [0, 1), got {self.gamma}")
         require(self.t is None or 0 <= self.t <= 1, "t", f"must be in [0, 1] or null, got {self.t}")
+        require(self.scale > 0, "scale", f"must be positive, got {self.scale}")
+        if self.method.startswith("della"):
+            require(
+                0 <= self.epsilon and (self.density >= 1 or 0 < self.density - self.epsilon and self.density + self.epsilon < 1),
+                "epsilon",
+                f"density ± epsilon must lie in (0, 1), got density={self.density}, epsilon={self.epsilon}",
+            )
 
     def __call__(self, vectors: Sequence[TaskVector], weights: Sequence[float], gen: torch.Generator | None = None) -> TaskVector:
+        merged = self._merge(vectors, weights, gen)
+        return merged if self.scale == 1.0 else merged.scale(self.scale)
+
+    def _merge(self, vectors: Sequence[TaskVector], weights: Sequence[float], gen: torch.Generator | None) -> TaskVector:
         if self.method == "linear":
             return linear_combination(vectors, list(weights))
         if self.method == "slerp" and len(vectors) != 2:
             raise ValueError(f"slerp merges exactly 2 task vectors, got {len(vectors)}")
+        if self.method == "model_stock" and len(vectors) < 2:
+            raise ValueError(f"model_stock merges at least 2 task vectors, got {len(vectors)}")
         gen = gen or torch.Generator().manual_seed(0)
         names = list(dict.fromkeys(n for v in vectors for n in v))
         out = {}
@@ -151,6 +231,12 @@ class Merge:
             return dare(ts, w, self.density, gen, combine=m.split("_")[1])
         if m == "breadcrumbs":
             return breadcrumbs(ts, w, self.density, self.gamma)
+        if m == "breadcrumbs_ties":
+            return breadcrumbs_ties(ts, w, self.density, self.gamma)
+        if m in ("della", "della_linear"):
+            return della(ts, w, self.density, self.epsilon, gen, combine="linear" if m == "della_linear" else "ties")
+        if m == "model_stock":
+            return model_stock(ts, w)
         t = self.t if self.t is not None else w[1] / (w[0] + w[1])
         # slerp between the vectors, then scaled by the total weight (1 for normalised weights)
         return slerp(ts[0], ts[1], t) * (w[0] + w[1])

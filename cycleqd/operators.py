@@ -106,8 +106,9 @@ class GenomeOperators:
     def child(self, parents: Sequence[np.ndarray], quality: str, gen: torch.Generator) -> np.ndarray:
         if isinstance(self.crossover, MergeCrossover):
             weights = [self.basis.spread(w) for w in self.crossover.weights_for(self.basis.names, len(parents), gen)]
-        else:
-            weights = self.crossover.parent_weights(len(parents), gen)
+        else:  # a linear merge, times its λ
+            lam = getattr(self.crossover.merge, "scale", 1.0)
+            weights = [w * lam for w in self.crossover.parent_weights(len(parents), gen)]
         c = sum(np.asarray(w, dtype=np.float64) * p.astype(np.float64) for w, p in zip(weights, parents))
         if self.mutation.scale:
             for name, r in self.mutation.draws(self.basis.svds[quality], gen).items():

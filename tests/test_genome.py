@@ -56,6 +56,7 @@ CROSSOVERS = [
     MergeCrossover(sigma=0.3, granularity="model"),
     MergeCrossover(sigma=0.3, granularity="layer"),
     MethodCrossover(merge=Merge("linear"), sigma=0.3),
+    MethodCrossover(merge=Merge("linear", scale=1.3), sigma=0.3),  # task arithmetic's λ
 ]
 
 
@@ -65,7 +66,7 @@ def _close(genome_delta: torch.Tensor, dense: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize("kind", ["full", "lora"])
-@pytest.mark.parametrize("crossover", CROSSOVERS, ids=["model", "layer", "linear_merge"])
+@pytest.mark.parametrize("crossover", CROSSOVERS, ids=["model", "layer", "linear_merge", "linear_lambda"])
 def test_random_breeding_in_both_representations_makes_the_same_children(kind, crossover):
     experts, svds, basis = _setup(kind)
     mutation = SVDMutation(scale=0.5)

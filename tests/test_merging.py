@@ -152,3 +152,82 @@ def test_ties_and_breadcrumbs_equal_mergekit_per_tensor(weights, density):
     for gamma in (0.01, 0.1, 0.5):
         ref = sum(wi * sparsify.magnitude_outliers(t, density, gamma=gamma) for wi, t in zip(weights, ts))
         torch.testing.assert_close(breadcrumbs(ts, weights, density, gamma), ref)
+
+
+# -- breadcrumbs_ties, della, model_stock, λ ------------------------------------------------
+
+
+@pytest.mark.parametrize("weights", [[1.0, 1.0, 1.0], [0.5, 0.3, 0.9]])
+@pytest.mark.parametrize("density, epsilon", [(0.3, 0.1), (0.6, 0.2)])
+def test_della_breadcrumbs_ties_and_model_stock_equal_mergekit_per_tensor(weights, density, epsilon):
+    """mergekit 0.1.5's per-tensor code as the oracle: della_magprune with ``rescale: true``
+    (the same Bernoulli draws from the same seed), TIES' election with ``normalize`` as each
+    method's default, and model_stock at equal weights (its mean is unweighted)."""
+    sparsify = pytest.importorskip("mergekit.sparsify")
+    gta = pytest.importorskip("mergekit.merge_methods.generalized_task_arithmetic")
+    from mergekit.merge_methods.base import TensorGroup
+    from mergekit.merge_methods.model_stock import model_stock_merge_method
+
+    from cycleqd.merging import breadcrumbs_ties, della, model_stock
+
+    ts = _tensors(3, (64, 47), seed=7)
+    w = torch.tensor(weights).view(-1, 1, 1)
+
+    def elect(deltas, normalize):
+        deltas = deltas * w
+        mask = gta.get_mask(deltas, method="sum")
+        divisor = (w * mask).sum(0)
+        divisor[divisor == 0] = 1
+        return (deltas * mask).sum(0) / (divisor if normalize else 1)
+
+    # della: mergekit draws from the global generator, cycleqd from its own, both seeded alike
+    torch.manual_seed(11)
+    pruned = torch.stack([sparsify.della_magprune(t, density, epsilon, rescale_norm=sparsify.RescaleNorm.l1) for t in ts])
+    torch.testing.assert_close(della(ts, weights, density, epsilon, torch.Generator().manual_seed(11)), elect(pruned, True))
+    torch.testing.assert_close(
+        della(ts, weights, density, epsilon, torch.Generator().manual_seed(11), combine="linear"), (pruned * w).sum(0)
+    )
+    outliers = torch.stack([sparsify.magnitude_outliers(t, density, gamma=0.05) for t in ts])
+    torch.testing.assert_close(breadcrumbs_ties(ts, weights, density, 0.05), elect(outliers, False))
+    base = torch.zeros(64, 47)
+    group = TensorGroup.from_tensors([base, *ts], base_index=0)
+    torch.testing.assert_close(model_stock(ts, [1.0, 1.0, 1.0]), model_stock_merge_method.implementation(group) - base)
+
+
+def test_della_keeps_large_entries_more_often_and_the_l1_norm():
+    """Written out: keep probability density − ε + 2ε·(rank − 1)/(n − 1) along each row."""
+    from cycleqd.merging import della_prune
+
+    t = torch.arange(1, 101, dtype=torch.float32).repeat(4000, 1)  # rank = value
+    kept = della_prune(t, 0.5, 0.3, torch.Generator().manual_seed(0))
+    rate = (kept != 0).float().mean(0)
+    expected = 0.2 + 0.6 * torch.arange(100) / 99
+    torch.testing.assert_close(rate, expected, atol=0.03, rtol=0)
+    torch.testing.assert_close(kept.abs().sum(), t.abs().sum())
+    assert torch.equal(della_prune(t, 1.0, 0.0, torch.Generator()), t)
+    with pytest.raises(ValueError, match="epsilon"):
+        Merge("della", density=0.5, epsilon=0.5)
+
+
+def test_model_stock_follows_the_angle_between_the_experts():
+    """t = k·cos θ / (1 + (k − 1)·cos θ): equal experts give their mean, orthogonal ones the base."""
+    from cycleqd.merging import model_stock
+
+    a = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    b = torch.tensor([[0.0, 2.0], [0.0, 0.0]])
+    assert torch.equal(model_stock([a, b], [1.0, 1.0]), torch.zeros(2, 2))
+    torch.testing.assert_close(model_stock([a, a, a], [1.0, 1.0, 1.0]), a)
+    c = torch.tensor([[1.0, 1.0], [0.0, 0.0]])  # cos(a, c) = 1/√2
+    cos = 1 / math.sqrt(2)
+    torch.testing.assert_close(model_stock([a, c], [1.0, 1.0]), 2 * cos / (1 + cos) * (a + c) / 2)
+    torch.testing.assert_close(model_stock([a, c], [3.0, 1.0]), 2 * cos / (1 + cos) * (3 * a + c) / 4)  # the mean weighted
+
+
+@pytest.mark.parametrize("method", ["linear", "ties", "breadcrumbs_ties", "della_linear", "model_stock"])
+def test_lambda_multiplies_every_merge(method):
+    vectors = [TaskVector({"w": t}) for t in _tensors(3, (8, 6), seed=2)]
+    plain = Merge(method)(vectors, [0.4, 0.3, 0.3], torch.Generator().manual_seed(1))
+    scaled = Merge(method, scale=1.7)(vectors, [0.4, 0.3, 0.3], torch.Generator().manual_seed(1))
+    torch.testing.assert_close(scaled["w"], 1.7 * plain["w"])
+    with pytest.raises(ValueError, match="scale"):
+        Merge(method, scale=0.0)
