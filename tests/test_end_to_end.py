@@ -33,7 +33,7 @@ def test_run_directory_contract(cli_run: Path):
     assert set(summary["experts"]) == set(TASKS)
     for scores in summary["experts"].values():
         _score_map(scores)
-    assert set(summary["baselines"]) == {"task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs"}
+    assert set(summary["baselines"]) == {"task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "model_stock"}
     for scores in summary["baselines"].values():
         _score_map(scores)
     assert summary["baseline_choices"]["task_arithmetic"]["scale"] in (0.5, 1.0)
