@@ -167,28 +167,7 @@ def _cli(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.Co
     return proc
 
 
-PLUGIN = '''
-import random
-from dataclasses import dataclass
-
-from tasks.base import SyntheticTask
-
-
-@dataclass
-class Duplicate(SyntheticTask):
-    """Write each digit twice: "381#" -> "338811"."""
-
-    name: str = "duplicate"
-    length: int = 3
-
-    def sample(self, rng: random.Random) -> tuple[str, str]:
-        s = "".join(rng.choice("0123456789") for _ in range(self.length))
-        return s + "#", "".join(c + c for c in s)
-
-    @property
-    def max_new_tokens(self) -> int:
-        return 2 * self.length + 1
-'''
+PLUGIN = (REPO / "tests" / "plugins" / "more_tasks.py").read_text()  # as a user's own module, outside the package
 
 
 def test_task_plugin_from_outside_the_package(tmp_path: Path):

@@ -194,3 +194,25 @@ def test_long_steps_report_progress_where_stderr_is_not_a_terminal(tmp_path: Pat
         assert len(lines) >= 2, (step, err[-3000:])
         assert any("ETA" in line for line in lines) or step.startswith("final model"), (step, lines)
     assert "] - cycleqd: 3/3 generations in" in err
+
+
+@pytest.mark.parametrize("kind", ["cvt", "dns"])
+def test_killed_runs_with_cvt_and_dns_archives_resume_to_the_same_run(kind: str, cache: Path, tmp_path: Path):
+    """The run contract holds for the other archives: killed mid-run, a resume ends where an
+    uninterrupted run ends (DNS evicting models all along: capacity 6)."""
+    import signal
+
+    from tests.runs import run_fingerprint
+    from tests.tiny import lively_overrides
+
+    extra = ["archive.cells=30", "archive.samples=600"] if kind == "cvt" else ["archive.capacity=6"]
+    args = lively_overrides(cache, generations=12) + [f"archive={kind}", *extra]
+    straight, run_dir = tmp_path / "straight", tmp_path / "killed"
+    cli("run", *args, f"hydra.run.dir={straight}")
+    proc = cli("run", *args, f"hydra.run.dir={run_dir}", env={"CYCLEQD_FAULT_AFTER": "generation 7", "CYCLEQD_FAULT_AT": "1:kill"}, check=False)
+    assert proc.returncode == -signal.SIGKILL
+    cli("resume", str(run_dir))
+    assert run_fingerprint(run_dir) == run_fingerprint(straight)
+    if kind == "dns":
+        rows = (straight / "elites" / "table.csv").read_text().splitlines()[1:]
+        assert max(sum(r.startswith(f"{t},") for r in rows) for t in ("addition", "reversal", "sorting")) == 6
