@@ -30,38 +30,45 @@ def static_merges(
     from cycleqd.progress import Progress
 
     out, chosen, failed = {}, {}, {}
-    progress = Progress("baselines: static merges on opt, the chosen on test", sum(len(s.grid) + 1 for s in specs.values()), "evaluation")
-    evaluate = scores
+    with Progress("baselines: static merges on opt, the chosen on test", sum(len(s.grid) + 1 for s in specs.values()), "evaluation") as progress:
+        for name, spec in specs.items():
+            _one(name, spec, experts, _counted(scores, progress), seed, out, chosen, failed)
+    return out, chosen, failed
 
-    def scores(pairs):
-        results = evaluate(pairs)
+
+def _counted(scores: Callable, progress) -> Callable:
+    def counted(pairs):
+        results = scores(pairs)
         progress.update(len(pairs))
         return results
 
-    for name, spec in specs.items():
-        merges = {}
-        for lam, density, gamma, epsilon in spec.grid:
-            gen = torch.Generator().manual_seed(seed)
-            # λ multiplies the merge of equally weighted experts (mergekit's ``lambda``)
-            merges[(lam, density, gamma, epsilon)] = Merge(spec.method, density=density, gamma=gamma, epsilon=epsilon)(experts, [1.0] * len(experts), gen).scale(lam)
-        opt = dict(zip(merges, scores([(tv, "opt") for tv in merges.values()])))
-        ok = [k for k in spec.grid if not isinstance(opt[k], Failure)]
-        if not ok:
-            failed[name] = f"every grid point failed on opt, e.g. {opt[spec.grid[0]]}"
-            continue
-        best = max(ok, key=lambda k: (mean(opt[k]), -abs(k[0] - 0.5)))
-        (test,) = scores([(merges[best], "test")])
-        if isinstance(test, Failure):
-            failed[name] = f"the chosen merge failed on test: {test}"
-            continue
-        out[name] = test  # with its per-item results, when the tasks give them
-        chosen[name] = {
-            "method": spec.method,
-            "scale": best[0],
-            "density": best[1] if spec.method not in ("linear", "model_stock", "slerp") else None,
-            "gamma": best[2] if spec.method.startswith("breadcrumbs") else None,
-            "epsilon": best[3] if spec.method.startswith("della") else None,
-            "opt_mean": {str(k): (mean(v) if not isinstance(v, Failure) else None) for k, v in opt.items()},
-        }
-    progress.close()
-    return out, chosen, failed
+    return counted
+
+
+def _one(name: str, spec: BaselineSpec, experts, scores: Callable, seed: int, out: dict, chosen: dict, failed: dict) -> None:
+    """Choose ``spec``'s grid point on opt and score it on test, into ``out`` / ``chosen`` / ``failed``."""
+    merges = {}
+    for lam, density, gamma, epsilon in spec.grid:
+        gen = torch.Generator().manual_seed(seed)
+        # λ multiplies the merge of equally weighted experts (mergekit's ``lambda``)
+        merges[(lam, density, gamma, epsilon)] = Merge(spec.method, density=density, gamma=gamma, epsilon=epsilon)(experts, [1.0] * len(experts), gen).scale(lam)
+    opt = dict(zip(merges, scores([(tv, "opt") for tv in merges.values()])))
+    ok = [k for k in spec.grid if not isinstance(opt[k], Failure)]
+    if not ok:
+        failed[name] = f"every grid point failed on opt, e.g. {opt[spec.grid[0]]}"
+        return
+    best = max(ok, key=lambda k: (mean(opt[k]), -abs(k[0] - 0.5)))
+    (test,) = scores([(merges[best], "test")])
+    if isinstance(test, Failure):
+        failed[name] = f"the chosen merge failed on test: {test}"
+        return
+    out[name] = test  # with its per-item results, when the tasks give them
+    chosen[name] = {
+        "method": spec.method,
+        "scale": best[0],
+        "density": best[1] if spec.method not in ("linear", "model_stock", "slerp") else None,
+        "gamma": best[2] if spec.method.startswith("breadcrumbs") else None,
+        "epsilon": best[3] if spec.method.startswith("della") else None,
+        "opt_mean": {str(k): (mean(v) if not isinstance(v, Failure) else None) for k, v in opt.items()},
+    }
+

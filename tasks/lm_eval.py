@@ -172,7 +172,7 @@ class LmEvalTask(ItemTask):
         if inner is None or tokenizer is None:
             raise TypeError(f"{type(model).__name__} exposes no transformers model and tokenizer (.model, .tokenizer) for lm-eval")
         if self._lm is None or self._lm[0] is not inner:
-            self._lm = (inner, _QuietHFLM(pretrained=inner, tokenizer=tokenizer, batch_size=self.batch_size, add_bos_token=self.add_bos_token))
+            self._lm = (inner, _harness(pretrained=inner, tokenizer=tokenizer, batch_size=self.batch_size, add_bos_token=self.add_bos_token))
         return self._lm[1]
 
     def evaluate_items(self, model: TextModel, split: str = "opt") -> list[float]:
@@ -276,6 +276,7 @@ def _quiet_hflm():
     return QuietHFLM
 
 
-def _QuietHFLM(**kwargs):
+def _harness(**kwargs):
+    """lm-eval's HF model wrapper (quiet, BOS honoured) around an already loaded model."""
     with _quiet():
         return _quiet_hflm()(**kwargs)
