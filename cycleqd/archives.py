@@ -22,7 +22,9 @@ from cycleqd.checks import matches, require
 from cycleqd.protocols import Measure
 
 MAX_CELLS = 1_000_000  # per archive: a GridArchive allocates every cell up front
-KINDS = ("grid", "cvt", "dns")
+# Each kind's own settings (beyond sampling, alpha, quality).
+OPTIONS = {"grid": (), "cvt": ("cells", "samples"), "dns": ("capacity", "k_neighbors")}
+KINDS = tuple(OPTIONS)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ at any moment resumes to the result an uninterrupted run gives.
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import logging
 import resource
@@ -38,9 +37,9 @@ from cycleqd.lock import RunLock
 from cycleqd.models import default_device, load_model
 from cycleqd.mutation import expert_svds
 from cycleqd.operators import DenseOperators, GenomeOperators
-from cycleqd.protocols import Failure, Result
 from cycleqd.progress import Progress
 from cycleqd.progress import configure as configure_progress
+from cycleqd.protocols import Failure, Result
 from cycleqd.reports import elite_table, heatmaps
 from cycleqd.select import aggregate_best
 from cycleqd.stats import compare_to

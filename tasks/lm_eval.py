@@ -18,6 +18,7 @@ YAML are read from the YAML's folder, so a folder of tasks and their data moves 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import random
@@ -242,6 +243,7 @@ def _quiet():
             datasets.enable_progress_bars()
 
 
+@functools.cache
 def _quiet_hflm():
     from lm_eval.models.huggingface import HFLM
 
