@@ -272,6 +272,21 @@ class CyclicArchives:
             raise RuntimeError(f"archive {task!r} is empty")
         return ElitePick(id=int(b["id"]), objective=float(b["objective"]), scores=tuple(float(x) for x in b["scores"]), solution=b["solution"])
 
+    def best_mean(self) -> ElitePick:
+        """The elite with the highest mean score over all tasks, in any archive (the lowest
+        id among equals, so that the choice does not depend on the archives' order)."""
+        best: tuple[float, int] | None = None
+        pick = None
+        for a in self.archives.values():
+            data = a.data()
+            for j in range(len(data["id"])):
+                key = (float(np.mean(data["scores"][j])), -int(data["id"][j]))
+                if best is None or key > best:
+                    best, pick = key, {k: v[j] for k, v in data.items()}
+        if pick is None:
+            raise RuntimeError("the archives are empty")
+        return ElitePick(id=int(pick["id"]), objective=float(np.mean(pick["scores"])), scores=tuple(float(x) for x in pick["scores"]), solution=pick["solution"])
+
     def stats(self) -> dict[str, dict[str, float]]:
         """Per archive: coverage, QD score (sum of elite objectives), best objective, elite count.
 

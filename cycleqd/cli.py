@@ -147,6 +147,20 @@ def _difference(d: dict | None) -> str:
     return f"  {100 * d['diff']:+6.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
 
 
+def _final_line(info: dict) -> list[str]:
+    """Which model the final step chose, and on what opt means."""
+    if "chosen" not in info:  # a run from before the final step chose
+        return []
+    merge = f"the merge of each archive's best ({info['method']} weights) at scale {info['scale']:g}"
+    if "candidates" not in info:
+        return [f"final model: {merge}"]
+    (_, m), (elite, e) = info["candidates"].items()
+    m_text = "failed" if m is None else f"{100 * m:.1f}"
+    if info["chosen"] == "elite":
+        return [f"final model: {elite.replace(':', ' ')}, the best elite by mean (opt mean {100 * e:.1f}; {merge}: {m_text})"]
+    return [f"final model: {merge} (opt mean {m_text}; the best elite by mean, {elite.replace(':', ' ')}: {100 * e:.1f})"]
+
+
 def format_summary(summary: dict) -> str:
     """The run's scores (held-out test split) as a plain-text table."""
     tasks = summary["tasks"]
@@ -169,6 +183,7 @@ def format_summary(summary: dict) -> str:
     lines.append("")
     if search == "cycleqd":
         lines.append(f"generations {summary['generations']}, evaluations {summary['evaluations']}, wall time {summary['wall_time_s']:.0f}s")
+        lines += _final_line(summary.get("final_elites") or {})
     else:
         lines.append(f"search {search} over per-layer merge coefficients: {summary['evaluations']} opt evaluations, wall time {summary['wall_time_s']:.0f}s")
     failures = summary.get("failures") or {}

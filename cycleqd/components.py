@@ -23,7 +23,7 @@ from cycleqd.archives import OPTIONS, CyclicArchives
 from cycleqd.checks import describe, matches, require
 from cycleqd.errors import ConfigError
 from cycleqd.protocols import Measure
-from cycleqd.select import AGGREGATIONS
+from cycleqd.select import AGGREGATIONS, CHOICES
 
 # Every top-level key of config.yaml, with the type its value must have.
 SETTINGS: dict[str, Any] = {
@@ -48,10 +48,19 @@ BASELINE_KEYS = ("method", "scales", "density", "gamma", "epsilon")
 @dataclass(frozen=True)
 class FinalSpec:
     """How the final model is made: each archive's best elite merged with weights by
-    ``method``, at the overall scale chosen on the opt split from ``scales``."""
+    ``method``, at the overall scale chosen on the opt split from ``scales``; with
+    ``choice="opt"`` that merge or the archives' best elite by mean score, whichever has
+    the higher mean opt score."""
 
     method: str
     scales: tuple[float, ...]
+    choice: str = "opt"
+
+    @property
+    def opt_evaluations(self) -> int:
+        """The final step's evaluations on the opt split: one per scale, none for a single
+        scale unless the merge must be weighed against an elite."""
+        return len(self.scales) if len(self.scales) > 1 or self.choice == "opt" else 0
 
 
 @dataclass(frozen=True)
@@ -204,17 +213,18 @@ def build_tasks(cfg: DictConfig) -> list:
 
 def _final(cfg: DictConfig) -> FinalSpec:
     node = plain(_setting(cfg, "final"))
-    require(isinstance(node, dict), "final", f"must be a mapping with method and scales, got {node!r}")
-    unknown = sorted(set(node) - {"method", "scales"})
-    require(not unknown, f"final.{unknown[0] if unknown else ''}", "unknown key (the keys are method, scales)")
-    method, scales = node.get("method", "quality"), node.get("scales", [1.0])
+    require(isinstance(node, dict), "final", f"must be a mapping with choice, method and scales, got {node!r}")
+    unknown = sorted(set(node) - {"choice", "method", "scales"})
+    require(not unknown, f"final.{unknown[0] if unknown else ''}", "unknown key (the keys are choice, method, scales)")
+    choice, method, scales = node.get("choice", "opt"), node.get("method", "quality"), node.get("scales", [1.0])
+    require(choice in CHOICES, "final.choice", f"must be one of {list(CHOICES)}, got {choice!r}")
     require(method in AGGREGATIONS, "final.method", f"must be one of {list(AGGREGATIONS)}, got {method!r}")
     require(
         matches(scales, list[float]) and len(scales) > 0 and all(s > 0 for s in scales),
         "final.scales",
         f"must be a non-empty list of positive numbers, got {scales!r}",
     )
-    return FinalSpec(method, tuple(float(s) for s in scales))
+    return FinalSpec(method, tuple(float(s) for s in scales), choice)
 
 
 def _baselines(cfg: DictConfig, n_experts: int) -> dict[str, BaselineSpec]:

@@ -65,11 +65,12 @@ class Search:
         require(self.low < self.high, "low", f"must be below high, got low={self.low}, high={self.high}")
         require(self.low <= self.x0 <= self.high, "x0", f"must be in [low, high] = [{self.low}, {self.high}], got {self.x0}")
 
-    def budget(self, n_tasks: int, generations: int, children_per_generation: int, final_scales: int) -> int:
-        """This search's evaluations: its own, or CycleQD's with the same settings."""
+    def budget(self, n_tasks: int, generations: int, children_per_generation: int, final_evaluations: int) -> int:
+        """This search's evaluations: its own, or CycleQD's with the same settings
+        (``final_evaluations``: those of CycleQD's final step, :attr:`FinalSpec.opt_evaluations`)."""
         if self.evaluations is not None:
             return self.evaluations
-        return n_tasks + generations * children_per_generation + (final_scales if final_scales > 1 else 0)
+        return n_tasks + generations * children_per_generation + final_evaluations
 
 
 class LayerCoefficients:

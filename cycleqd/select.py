@@ -8,6 +8,9 @@ from cycleqd.archives import CyclicArchives, ElitePick
 from cycleqd.taskvector import TaskVector, linear_combination
 
 AGGREGATIONS = ("quality", "uniform", "mean_score")
+# The final model: "merge", the paper's merge of each archive's best; "opt", that merge or
+# the archives' best elite by mean score, whichever scores higher on the opt split.
+CHOICES = ("opt", "merge")
 
 
 def aggregate_best(archives: CyclicArchives, method: str = "quality") -> tuple[list[ElitePick], list[float], dict]:

@@ -6,21 +6,24 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from cycleqd.archives import CyclicArchives
 from cycleqd.evaluation import score_tasks
 from cycleqd.protocols import ItemScores, Measure
+from cycleqd.rundata import load_run
 from cycleqd.searches import LayerCoefficients, Search, run_search
 from cycleqd.stats import compare_to, differences, paired_bootstrap
 from tasks.sorting import Sorting
 from tests.runs import cli, main
 from tests.test_genome import TASKS as GENOME_TASKS
 from tests.test_genome import _setup
-from tests.tiny import tiny_overrides
+from tests.tiny import lively_overrides, tiny_overrides
 
 
 # -- paired bootstrap ---------------------------------------------------------------------------
@@ -175,7 +178,7 @@ def test_search_settings_are_checked():
         with pytest.raises(ValueError, match=key):
             Search(**bad)
     assert Search().budget(3, 300, 1, 3) == 306 and Search(evaluations=50).budget(3, 300, 1, 3) == 50
-    assert Search().budget(3, 10, 2, 1) == 23  # one final scale: no choosing, no evaluations for it
+    assert Search().budget(3, 10, 2, 0) == 23  # the paper's merge at one scale: no evaluations for it
 
 
 def test_mean_quality_archives_score_every_elite_by_its_mean():
@@ -235,3 +238,45 @@ def test_a_search_run_and_a_sweep_compared_over_seeds(tmp_path: Path):
     bad = main("compare", str(sweep), "--by", "bogus")
     assert bad.returncode != 0 and bad.stderr.strip().splitlines() == [bad.stderr.strip()]
     assert "--by: the runs do not differ in 'bogus'" in bad.stderr and "search.name" in bad.stderr
+
+
+
+def _final_choice(run_dir: Path, scales: int) -> tuple[dict, Any]:
+    """Check ``final.choice: opt`` in a finished run: the candidates are the archives' best elite
+    by mean score and the paper's merge, and the final model's opt scores are the winner's.
+    Returns the final model's record and the best elite's row."""
+    s = json.loads((run_dir / "summary.json").read_text())
+    info = s["final_elites"]
+    elites = load_run(run_dir).elites.drop_duplicates("id").sort_values(["mean_score", "id"], ascending=[False, True])
+    top = elites.iloc[0]
+    merge = info["opt_mean"][str(info["scale"])]
+    assert info["choice"] == "opt" and info["candidates"] == {"merge": merge, f"elite:{int(top['id'])}": pytest.approx(top["mean_score"])}
+    final_opt = sum(s["final_opt"].values()) / len(s["final_opt"])
+    assert final_opt == pytest.approx(max(merge, top["mean_score"]))  # evaluation is deterministic
+    assert info["chosen"] == ("elite" if top["mean_score"] > merge else "merge")
+    assert s["opt_evaluations"] == s["evaluations"] + scales  # the merge at its scales; the elite's scores were known
+    return info, top
+
+
+def test_the_final_model_is_the_merge_when_it_is_better_on_opt(lively_genome_run: Path):
+    info, top = _final_choice(lively_genome_run, scales=3)
+    assert info["chosen"] == "merge" and len(info["elites"]) >= 2 and "merge_elites" not in info
+
+
+def test_the_final_model_is_the_best_elite_when_it_is_better_on_opt(tmp_path: Path, cache: Path):
+    # A merge scaled down to a hundredth is almost the base model: the best elite must win.
+    cli("run", *lively_overrides(cache, 10), "final.scales=[0.01]", f"hydra.run.dir={tmp_path}")
+    info, top = _final_choice(tmp_path, scales=1)
+    assert info["chosen"] == "elite" and [e["id"] for e in info["elites"]] == [int(top["id"])] and info["merge_elites"]
+    with safe_open(str(tmp_path / "final.safetensors"), "pt") as f:
+        final = {k: f.get_tensor(k) for k in f.keys()}
+    elite = load_run(tmp_path).vector(int(top["id"]))
+    assert set(final) == set(elite) and all(torch.equal(final[k], elite[k]) for k in final)
+    assert f"final model: elite {int(top['id'])}, the best elite by mean (opt mean {100 * top['mean_score']:.1f}" in cli("show", str(tmp_path)).stdout
+
+
+def test_the_papers_final_model_is_the_merge_without_choosing(tmp_path: Path, cache: Path):
+    cli("run", *lively_overrides(cache, 4), "final.choice=merge", "final.scales=[1.0]", f"hydra.run.dir={tmp_path}")
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["final_elites"]["chosen"] == "merge" and "candidates" not in s["final_elites"]
+    assert s["opt_evaluations"] == s["evaluations"]  # one scale and no choice: nothing measured
