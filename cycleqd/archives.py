@@ -274,7 +274,8 @@ class CyclicArchives:
 
     def best_mean(self) -> ElitePick:
         """The elite with the highest mean score over all tasks, in any archive (the lowest
-        id among equals, so that the choice does not depend on the archives' order)."""
+        id among equals, so that the choice does not depend on the archives' order); its
+        ``objective`` is that mean."""
         best: tuple[float, int] | None = None
         pick = None
         for a in self.archives.values():

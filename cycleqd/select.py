@@ -69,7 +69,8 @@ def select_elites(run, strategy: str, *, k: int = 5, archive: str | None = None,
 
     ``best``: the top elite on each task over all archives; ``pareto``: the Pareto front
     over the K task scores; ``topk``: the ``k`` best by mean score; ``final``: the elites
-    the final merge took, with their weights; ``cell``: the elite of ``archive`` at ``cell``.
+    the final model took, with their weights (one, of weight 1, where it is an elite);
+    ``cell``: the elite of ``archive`` at ``cell``.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"--strategy must be one of {STRATEGIES}, got {strategy!r}")
