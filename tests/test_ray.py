@@ -60,6 +60,7 @@ def test_sync_pool_is_the_local_run(ray_sync: Path, tmp_path: Path, cache: Path)
     assert sum(metrics[-1]["workers"]["evaluations"]) == json.loads((ray_sync / "summary.json").read_text())["evaluations"]
 
 
+@pytest.mark.slow  # Ray's processes start and stop several times: about 35–65 s each
 def test_driver_killed_mid_run_resumes_to_the_same_run(ray_sync: Path, tmp_path: Path, cache: Path):
     run_dir = tmp_path / "run"
     env = {"CYCLEQD_FAULT_AFTER": "generation 6", "CYCLEQD_FAULT_AT": "1:kill"}
@@ -85,6 +86,7 @@ def test_async_keeps_the_quality_cycling_per_child(tmp_path: Path, cache: Path):
     assert summary["generations"] == 24 and summary["evaluations"] == 27
 
 
+@pytest.mark.slow  # Ray's processes start and stop several times: about 35–65 s each
 def test_dead_and_hung_workers_are_replaced_and_their_child_tried_again(tmp_path: Path, cache: Path):
     run_dir = tmp_path / "faults"
     sorting = "task.sorting._target_=tests.plugins.faulty.FaultySorting"
@@ -108,6 +110,7 @@ def test_dead_and_hung_workers_are_replaced_and_their_child_tried_again(tmp_path
     assert json.loads((hung / "summary.json").read_text())["failures"]["count"] == 0  # the retry succeeded
 
 
+@pytest.mark.slow  # Ray's processes start and stop several times: about 35–65 s each
 def test_ctrl_c_checkpoints_and_leaves_no_process(tmp_path: Path, cache: Path):
     run_dir = tmp_path / "run"
     before = _ray_processes()
