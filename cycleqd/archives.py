@@ -13,7 +13,7 @@ a population of fixed size and no cells at all).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from ribs.archives import CVTArchive, DNSArchive, GridArchive, k_means_centroids
@@ -36,6 +36,16 @@ class ElitePick:
     objective: float
     scores: tuple[float, ...]
     solution: np.ndarray | None = None
+
+
+def _pick(row: Mapping[str, Any]) -> ElitePick:
+    """An :class:`ElitePick` from one archive row."""
+    return ElitePick(
+        id=int(row["id"]),
+        objective=float(row["objective"]),
+        scores=tuple(float(x) for x in row["scores"]),
+        solution=row["solution"],
+    )
 
 
 class CyclicArchives:
@@ -240,15 +250,7 @@ class CyclicArchives:
             p = p / p.sum()
         k = min(n, len(p))
         chosen = rng.choice(len(p), size=k, replace=False, p=p)
-        return [
-            ElitePick(
-                id=int(data["id"][i]),
-                objective=float(data["objective"][i]),
-                scores=tuple(float(x) for x in data["scores"][i]),
-                solution=data["solution"][i],
-            )
-            for i in chosen
-        ]
+        return [_pick({k: v[i] for k, v in data.items()}) for i in chosen]
 
     def _norm(self, v: np.ndarray) -> np.ndarray:
         lo, hi = self.alpha
@@ -270,23 +272,19 @@ class CyclicArchives:
             b = a.best_elite
         if b is None or not len(a):
             raise RuntimeError(f"archive {task!r} is empty")
-        return ElitePick(id=int(b["id"]), objective=float(b["objective"]), scores=tuple(float(x) for x in b["scores"]), solution=b["solution"])
+        return _pick(b)
 
     def best_mean(self) -> ElitePick:
         """The elite with the highest mean score over all tasks, in any archive (the lowest
         id among equals, so that the choice does not depend on the archives' order); its
         ``objective`` is that mean."""
-        best: tuple[float, int] | None = None
-        pick = None
-        for a in self.archives.values():
-            data = a.data()
-            for j in range(len(data["id"])):
-                key = (float(np.mean(data["scores"][j])), -int(data["id"][j]))
-                if best is None or key > best:
-                    best, pick = key, {k: v[j] for k, v in data.items()}
-        if pick is None:
+        data = [a.data() for a in self.archives.values() if len(a)]
+        if not data:
             raise RuntimeError("the archives are empty")
-        return ElitePick(id=int(pick["id"]), objective=float(np.mean(pick["scores"])), scores=tuple(float(x) for x in pick["scores"]), solution=pick["solution"])
+        rows = {k: np.concatenate([d[k] for d in data]) for k in ("id", "scores", "solution")}
+        means = rows["scores"].mean(axis=1)
+        j = int(np.lexsort((rows["id"], -means))[0])  # the highest mean, then the lowest id
+        return _pick({k: v[j] for k, v in rows.items()} | {"objective": means[j]})
 
     def stats(self) -> dict[str, dict[str, float]]:
         """Per archive: coverage, QD score (sum of elite objectives), best objective, elite count.

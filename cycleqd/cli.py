@@ -154,7 +154,8 @@ def _final_line(info: dict) -> list[str]:
     merge = f"the merge of each archive's best ({info['method']} weights) at scale {info['scale']:g}"
     if "candidates" not in info:
         return [f"final model: {merge}"]
-    (_, m), (elite, e) = info["candidates"].items()
+    m = info["candidates"]["merge"]
+    elite, e = next((k, v) for k, v in info["candidates"].items() if k != "merge")
     m_text = "failed" if m is None else f"{100 * m:.1f}"
     if info["chosen"] == "elite":
         return [f"final model: {elite.replace(':', ' ')}, the best elite by mean (opt mean {100 * e:.1f}; {merge}: {m_text})"]

@@ -240,7 +240,6 @@ def test_a_search_run_and_a_sweep_compared_over_seeds(tmp_path: Path):
     assert "--by: the runs do not differ in 'bogus'" in bad.stderr and "search.name" in bad.stderr
 
 
-
 def _final_choice(run_dir: Path, scales: int) -> tuple[dict, Any]:
     """Check ``final.choice: opt`` in a finished run: the candidates are the archives' best elite
     by mean score and the paper's merge, and the final model's opt scores are the winner's.
