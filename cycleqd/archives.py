@@ -38,6 +38,29 @@ class ElitePick:
     solution: np.ndarray | None = None
 
 
+def range_warnings(measures: Mapping[str, Measure], scores: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """One line for each model in ``scores`` (name → task → utility) and task whose score lies
+    outside the task's descriptor range. The other archives clip such a score into their first
+    or last bin, where models that differ on that task share cells and only the best at each
+    archive's quality survives: the range should cover what the models reach."""
+    lines = []
+    for model, by_task in scores.items():
+        for task, utility in by_task.items():
+            measure = measures.get(task)
+            end = measure.outside(utility) if measure is not None else None
+            if end is None:
+                continue
+            key = f"task.{task}.measure.{end}={getattr(measure, end):g}"
+            if measure.direction == "max":
+                said = f"scores {100 * utility:.1f} on {task}, {'above' if end == 'high' else 'below'} {key}"
+            else:
+                said = f"scores on {task} at or past {key}"
+            last = (end == "high") == (measure.direction == "max")
+            lines.append(f"{model} {said}: the other archives put all such models in their {'last' if last else 'first'} "
+                         f"{task} bin and keep only the best of them at their own task")
+    return lines
+
+
 def _pick(row: Mapping[str, Any]) -> ElitePick:
     """An :class:`ElitePick` from one archive row."""
     return ElitePick(

@@ -196,6 +196,7 @@ def format_summary(summary: dict) -> str:
         lines.append("archive".ljust(width) + "coverage".rjust(11) + "qd_score".rjust(11) + "best".rjust(9) + "elites".rjust(9))
     for t, a in summary["archives"].items():
         lines.append(t.ljust(width) + f"{a['coverage']:11.3f}{a['qd_score']:11.2f}{100 * a['best']:9.1f}{a['num_elites']:9d}")
+    lines += [f"descriptor range: {line}" for line in summary.get("range_warnings") or []]
     return "\n".join(lines)
 
 

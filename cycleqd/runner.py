@@ -25,6 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cycleqd import checkpoint
+from cycleqd.archives import range_warnings
 from cycleqd.baselines import mean, static_merges
 from cycleqd.components import Components, build
 from cycleqd.embedded import cache_root
@@ -145,10 +146,17 @@ class Run:
     def seed_archives(self) -> None:
         self.experts_opt = dict(zip(self.seeds, self.scores([(x, "opt") for x in self.seeds.values()])))
         self._track_best(self.experts_opt.values())
+        for line in self.range_warnings():
+            log.warning("descriptor range: %s", line)
         ids = self.qd.seed(self.seeds, self.experts_opt)
         if not ids:
             reasons = "; ".join(f"{t}: {r}" for t, r in self.experts_opt.items())
             raise EvaluationFailed(f"no expert could be evaluated, so the archives cannot be seeded ({reasons})")
+
+    def range_warnings(self) -> list[str]:
+        """The experts' opt scores that fall outside a task's descriptor range."""
+        scores = {f"expert {t}": dict(r) for t, r in self.experts_opt.items() if not isinstance(r, Failure)}
+        return range_warnings(self.qd.archives.measures, scores)
 
     def restore(self, ckpt: checkpoint.Checkpoint) -> None:
         genome = bool(ckpt.state.get("genome"))
@@ -364,6 +372,8 @@ class Run:
             "baseline_choices": chosen,
             "experts_opt": {t: dict(r) for t, r in self.experts_opt.items() if not isinstance(r, Failure)},
             "archives": self.qd.archives.stats() if searched is None else {},
+            # experts' opt scores outside a descriptor range (the archives lump such models together)
+            "range_warnings": self.range_warnings() if searched is None else [],
             "failures": {"count": sum(self.qd.failures.values()), "by_reason": dict(sorted(self.qd.failures.items()))},
             "failed": failed | {f"expert_opt:{t}": str(r) for t, r in self.experts_opt.items() if isinstance(r, Failure)},
             "wall_time_s": self.elapsed,

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from cycleqd.archives import CyclicArchives
+from cycleqd.archives import CyclicArchives, range_warnings
 from tasks.base import Measure
 
 TASKS = ["a", "b", "c"]
@@ -98,6 +98,32 @@ def test_out_of_range_measures_land_in_edge_cells():
     row = _rows(arch.archives["a"])[0]
     cell = tuple(int(x) for x in np.atleast_2d(arch.archives["a"].int_to_grid_index([row["index"]]))[0])
     assert cell == (BINS - 1, 0)
+
+
+def test_range_warnings_name_the_bound_a_score_passes():
+    measures = {
+        "addition": Measure(low=0.0, high=0.5, bins=15),
+        "sorting": Measure(low=0.5, high=1.0, bins=15),
+        "loss": Measure(low=1.0, high=3.0, bins=10, direction="min"),
+    }
+    loss = measures["loss"]
+    scores = {
+        "expert a": {"addition": 0.664, "sorting": 0.7, "loss": loss.utility(2.0)},   # addition above its range
+        "expert b": {"addition": 0.5, "sorting": 0.42, "loss": loss.utility(0.5)},    # at high: inside; below low; best end passed
+        "expert c": {"addition": 0.1, "sorting": 1.0, "loss": loss.utility(4.0), "unmeasured": 9.0},
+    }
+    lines = range_warnings(measures, scores)
+    assert lines == [
+        "expert a scores 66.4 on addition, above task.addition.measure.high=0.5: the other archives put all such "
+        "models in their last addition bin and keep only the best of them at their own task",
+        "expert b scores 42.0 on sorting, below task.sorting.measure.low=0.5: the other archives put all such "
+        "models in their first sorting bin and keep only the best of them at their own task",
+        "expert b scores on loss at or past task.loss.measure.low=1: the other archives put all such "
+        "models in their last loss bin and keep only the best of them at their own task",
+        "expert c scores on loss at or past task.loss.measure.high=3: the other archives put all such "
+        "models in their first loss bin and keep only the best of them at their own task",
+    ]
+    assert range_warnings(measures, {"inside": {"addition": 0.25, "sorting": 0.75, "loss": loss.utility(2.0)}}) == []
 
 
 def test_sample_parents_distinct_and_consistent():

@@ -75,6 +75,15 @@ def test_show_prints_the_table(cli_run: Path):
     summary = json.loads((cli_run / "summary.json").read_text())
     final_mean = 100 * sum(summary["final"].values()) / 3
     assert f"{final_mean:.1f}" in out
+    # every expert score outside its task's descriptor range is named, with the bound it passes
+    measures = summary["measures"]
+    outside = [(e, t, "high" if v > measures[t]["high"] else "low") for e, by in summary["experts_opt"].items()
+               for t, v in by.items() if not measures[t]["low"] <= v <= measures[t]["high"]]
+    assert outside, "the tiny experts score below the demo's reversal and sorting ranges"
+    assert len(summary["range_warnings"]) == len(outside)
+    for (e, t, end), line in zip(outside, summary["range_warnings"]):
+        assert line.startswith(f"expert {e} scores") and f"task.{t}.measure.{end}=" in line
+        assert f"descriptor range: {line}" in out
 
 
 def test_show_rejects_a_directory_without_summary(tmp_path: Path):
