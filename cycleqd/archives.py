@@ -40,7 +40,8 @@ class ElitePick:
 
 def range_warnings(measures: Mapping[str, Measure], scores: Mapping[str, Mapping[str, float]]) -> list[str]:
     """One line for each model in ``scores`` (name → task → utility) and task whose score lies
-    outside the task's descriptor range. The other archives clip such a score into their first
+    outside the task's descriptor range (lower-is-better tasks never do: see
+    :meth:`~cycleqd.protocols.Measure.outside`). The other archives clip such a score into their first
     or last bin, where models that differ on that task share cells and only the best at each
     archive's quality survives: the range should cover what the models reach."""
     lines = []
@@ -51,13 +52,8 @@ def range_warnings(measures: Mapping[str, Measure], scores: Mapping[str, Mapping
             if end is None:
                 continue
             key = f"task.{task}.measure.{end}={getattr(measure, end):g}"
-            if measure.direction == "max":
-                said = f"scores {100 * utility:.1f} on {task}, {'above' if end == 'high' else 'below'} {key}"
-            else:
-                said = f"scores on {task} at or past {key}"
-            last = (end == "high") == (measure.direction == "max")
-            lines.append(f"{model} {said}: the other archives put all such models in their {'last' if last else 'first'} "
-                         f"{task} bin and keep only the best of them at their own task")
+            lines.append(f"{model} scores {100 * utility:.1f} on {task}, {'above' if end == 'high' else 'below'} {key}: the other archives "
+                         f"put all such models in their {'last' if end == 'high' else 'first'} {task} bin and keep only the best of them at their own task")
     return lines
 
 

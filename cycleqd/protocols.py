@@ -52,12 +52,12 @@ class Measure:
         return min(1.0, max(0.0, (self.high - score) / (self.high - self.low)))
 
     def outside(self, utility: float) -> str | None:
-        """The end of the range that a score, given as its ``utility``, lies past (``"low"`` or
+        """The end of the axis that a score, given as its ``utility``, lies past (``"low"`` or
         ``"high"``, the config key of that end), or None inside it. A lower-is-better score's
-        utility is clipped, so there an end reached counts as passed."""
-        if self.direction == "max":
-            return "high" if utility > self.high else "low" if utility < self.low else None
-        return "low" if utility >= 1.0 else "high" if utility <= 0.0 else None
+        utility is already clipped into its range, so it is never outside: an error rate of 1
+        on [0, 1] is as inside as its mirror, an accuracy of 0."""
+        low, high = self.axis
+        return "high" if utility > high else "low" if utility < low else None
 
     def item_utility(self, score: float) -> float:
         """One item's utility: linear, unclipped, so that the utilities' mean is the mean's."""

@@ -109,7 +109,7 @@ def test_range_warnings_name_the_bound_a_score_passes():
     loss = measures["loss"]
     scores = {
         "expert a": {"addition": 0.664, "sorting": 0.7, "loss": loss.utility(2.0)},   # addition above its range
-        "expert b": {"addition": 0.5, "sorting": 0.42, "loss": loss.utility(0.5)},    # at high: inside; below low; best end passed
+        "expert b": {"addition": 0.5, "sorting": 0.42, "loss": loss.utility(0.5)},    # at high: inside; below low; loss clipped
         "expert c": {"addition": 0.1, "sorting": 1.0, "loss": loss.utility(4.0), "unmeasured": 9.0},
     }
     lines = range_warnings(measures, scores)
@@ -118,11 +118,9 @@ def test_range_warnings_name_the_bound_a_score_passes():
         "models in their last addition bin and keep only the best of them at their own task",
         "expert b scores 42.0 on sorting, below task.sorting.measure.low=0.5: the other archives put all such "
         "models in their first sorting bin and keep only the best of them at their own task",
-        "expert b scores on loss at or past task.loss.measure.low=1: the other archives put all such "
-        "models in their last loss bin and keep only the best of them at their own task",
-        "expert c scores on loss at or past task.loss.measure.high=3: the other archives put all such "
-        "models in their first loss bin and keep only the best of them at their own task",
     ]
+    # a lower-is-better score's utility is clipped into its range: like its mirror, never outside
+    assert [loss.outside(loss.utility(x)) for x in (0.5, 1.0, 3.0, 4.0)] == [None] * 4
     assert range_warnings(measures, {"inside": {"addition": 0.25, "sorting": 0.75, "loss": loss.utility(2.0)}}) == []
 
 
