@@ -4,7 +4,11 @@ sum of its parents' task vectors,
     τ_child = Σ_i (w_i / Σ_j w_j) · τ_i,     w_i ~ N(1 + μ, σ)
 
 with one ``w_i`` per parent for the whole model (``granularity="model"``, the
-reference code) or one per parent and layer (``granularity="layer"``).
+reference code) or one per parent and layer (``granularity="layer"``). Children stay in
+the convex hull of their parents; ``scale: [lo, hi]`` multiplies each child by
+``s ~ U(lo, hi)``, one draw per child, so that a search can reach the sums of task
+vectors a merge of conflicting experts needs (the final merge's ``scales`` for the
+same reason).
 """
 
 from __future__ import annotations
@@ -35,16 +39,21 @@ class MergeCrossover:
         mu: Mean offset of the weights, ``w ~ N(1 + mu, sigma)``.
         sigma: Standard deviation of the weights.
         granularity: ``"model"`` (one weight per parent) or ``"layer"`` (one per parent and layer).
+        scale: ``(lo, hi)``: the child's weights times ``s ~ U(lo, hi)``; ``(1, 1)``, the
+            paper's, draws nothing.
     """
 
     mu: float = 0.0
     sigma: float = 0.01
     granularity: str = "model"
+    scale: tuple[float, float] = (1.0, 1.0)
 
     def __post_init__(self) -> None:
         check_fields(self)
         require(self.granularity in ("model", "layer"), "granularity", f"must be 'model' or 'layer', got {self.granularity!r}")
         require(self.sigma >= 0, "sigma", f"must be >= 0, got {self.sigma}")
+        ok = len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1]
+        require(ok, "scale", f"must be [lo, hi] with 0 < lo <= hi, got {list(self.scale)}")
 
     def weights(self, parents: Sequence[TaskVector], gen: torch.Generator) -> list[dict[str, float]]:
         """Normalised per-parameter weights, one mapping per parent."""
@@ -59,6 +68,11 @@ class MergeCrossover:
         if torch.any(total.abs() < 1e-8):
             raise ValueError("crossover weights sum to zero; lower crossover.sigma")
         w = w / total
+        lo, hi = self.scale
+        if hi > lo:
+            w = w * (lo + (hi - lo) * torch.rand((), generator=gen, dtype=torch.float64))
+        elif lo != 1:
+            w = w * lo
         col = {g: j for j, g in enumerate(groups)}
         key = (lambda n: "model") if self.granularity == "model" else layer_of
         return [{n: float(w[i, col[key(n)]]) for n in names} for i in range(n_parents)]

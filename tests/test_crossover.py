@@ -173,6 +173,29 @@ def test_lora_parents_stay_factored(granularity):
         torch.testing.assert_close(child[n].dense(), dense_child[n], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("granularity", ["model", "layer"])
+def test_a_scaled_child_is_its_convex_child_times_a_uniform_draw(granularity):
+    parents = [_dense_parent(s) for s in range(3)]
+    plain = MergeCrossover(sigma=0.2, granularity=granularity)(parents, _gen(5))
+    fixed = MergeCrossover(sigma=0.2, granularity=granularity, scale=(1.5, 1.5))(parents, _gen(5))
+    for n in NAMES:  # a fixed scale draws nothing: the same weights, times 1.5
+        torch.testing.assert_close(fixed[n], 1.5 * plain[n])
+    # The oracle: the weights' normal draws, then one uniform draw for the whole child.
+    g = _gen(5)
+    torch.randn(3, 1 if granularity == "model" else 4, generator=g, dtype=torch.float64)
+    s = 0.5 + 1.5 * float(torch.rand((), generator=g, dtype=torch.float64))
+    drawn = MergeCrossover(sigma=0.2, granularity=granularity, scale=(0.5, 2.0))(parents, _gen(5))
+    assert 0.5 <= s <= 2.0
+    for n in NAMES:
+        torch.testing.assert_close(drawn[n], s * plain[n])
+
+
+@pytest.mark.parametrize("scale", [(0.0, 1.0), (1.5, 1.2), (1.0,), (1.0, 1.2, 1.5)])
+def test_a_bad_scale_is_named(scale):
+    with pytest.raises(ValueError, match="scale: must be \\[lo, hi\\] with 0 < lo <= hi"):
+        MergeCrossover(scale=scale)
+
+
 def test_invalid_granularity():
     with pytest.raises(ValueError, match="granularity"):
         MergeCrossover(granularity="param")

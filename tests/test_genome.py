@@ -55,6 +55,7 @@ def _setup(kind: str):
 CROSSOVERS = [
     MergeCrossover(sigma=0.3, granularity="model"),
     MergeCrossover(sigma=0.3, granularity="layer"),
+    MergeCrossover(sigma=0.3, granularity="layer", scale=(1.0, 1.6)),  # children leave the convex hull
     MethodCrossover(merge=Merge("linear"), sigma=0.3),
     MethodCrossover(merge=Merge("linear", scale=1.3), sigma=0.3),  # task arithmetic's λ
 ]
@@ -66,7 +67,7 @@ def _close(genome_delta: torch.Tensor, dense: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize("kind", ["full", "lora"])
-@pytest.mark.parametrize("crossover", CROSSOVERS, ids=["model", "layer", "linear_merge", "linear_lambda"])
+@pytest.mark.parametrize("crossover", CROSSOVERS, ids=["model", "layer", "layer_scaled", "linear_merge", "linear_lambda"])
 def test_random_breeding_in_both_representations_makes_the_same_children(kind, crossover):
     experts, svds, basis = _setup(kind)
     mutation = SVDMutation(scale=0.5)

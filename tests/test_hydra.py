@@ -57,6 +57,7 @@ BAD_VALUES = [
     ("search=random search.low=2", "search.low: must be below high, got low=2, high=1.0"),
     ("crossover.sigma=-1", "crossover.sigma: must be >= 0, got -1"),
     ("crossover.sigma=nan", "crossover.sigma: must be a finite number, got nan"),
+    ("crossover.scale=[1.5,1.0]", "crossover.scale: must be [lo, hi] with 0 < lo <= hi, got [1.5, 1.0]"),
     ("mutation.scale=-1", "mutation.scale: must be >= 0, got -1"),
     ("final.method=bogus", "final.method: must be one of ['quality', 'uniform', 'mean_score'], got 'bogus'"),
     ("final.scales=[]", "final.scales: must be a non-empty list of positive numbers"),
