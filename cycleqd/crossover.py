@@ -56,7 +56,7 @@ class MergeCrossover:
         require(ok, "scale", f"must be [lo, hi] with 0 < lo <= hi, got {list(self.scale)}")
 
     def weights(self, parents: Sequence[TaskVector], gen: torch.Generator) -> list[dict[str, float]]:
-        """Normalised per-parameter weights, one mapping per parent."""
+        """Per-parameter weights (normalised, times the child's scale), one mapping per parent."""
         return self.weights_for(list(dict.fromkeys(n for p in parents for n in p)), len(parents), gen)
 
     def weights_for(self, names: Sequence[str], n_parents: int, gen: torch.Generator) -> list[dict[str, float]]:
