@@ -266,7 +266,7 @@ def _archives(cfg: DictConfig, tasks: list) -> CyclicArchives:
     node = plain(_setting(cfg, "archive"))
     require(isinstance(node, dict), "archive", f"must be a mapping, got {node!r}")
     kind = node.get("kind", "grid")
-    require(kind in OPTIONS, "archive.kind", f"must be one of {list(OPTIONS)}, got {kind!r}")
+    require(isinstance(kind, str) and kind in OPTIONS, "archive.kind", f"must be one of {list(OPTIONS)}, got {kind!r}")
     keys = ("kind", "sampling", "alpha", "quality", *OPTIONS[kind])
     unknown = sorted(set(node) - set(keys))
     require(not unknown, f"archive.{unknown[0] if unknown else ''}", f"unknown key for archive.kind={kind} (the keys are {', '.join(keys)})")

@@ -51,6 +51,7 @@ BAD_VALUES = [
     ("task.reversal.measure.low=1.5", "task.reversal.measure.low: empty range: low=1.5 is not below high=1.0"),
     ("task.addition.n_opt=abc", "task.addition.n_opt: must be an integer, got 'abc'"),
     ("archive.alpha=[0.0,0.5]", "archive.alpha: must be [low, high] with 0 < low <= high"),
+    ("archive.kind=[]", "archive.kind: must be one of ['grid', 'cvt', 'dns'], got []"),
     ("archive.sampling=bogus", "archive.sampling: must be 'elite' or 'uniform', got 'bogus'"),
     ("archive.quality=bogus", "archive.quality: must be 'task' or 'mean', got 'bogus'"),
     ("search=cmaes search.sigma0=0", "search.sigma0: must be > 0, got 0"),
