@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from cycleqd.archives import OPTIONS, CyclicArchives
+from cycleqd.archives import KINDS, OPTIONS, CyclicArchives
 from cycleqd.checks import describe, matches, require
 from cycleqd.errors import ConfigError
 from cycleqd.protocols import Measure
@@ -266,7 +266,7 @@ def _archives(cfg: DictConfig, tasks: list) -> CyclicArchives:
     node = plain(_setting(cfg, "archive"))
     require(isinstance(node, dict), "archive", f"must be a mapping, got {node!r}")
     kind = node.get("kind", "grid")
-    require(isinstance(kind, str) and kind in OPTIONS, "archive.kind", f"must be one of {list(OPTIONS)}, got {kind!r}")
+    require(kind in KINDS, "archive.kind", f"must be one of {list(KINDS)}, got {kind!r}")  # a tuple: an unhashable value is refused, not a TypeError
     keys = ("kind", "sampling", "alpha", "quality", *OPTIONS[kind])
     unknown = sorted(set(node) - set(keys))
     require(not unknown, f"archive.{unknown[0] if unknown else ''}", f"unknown key for archive.kind={kind} (the keys are {', '.join(keys)})")

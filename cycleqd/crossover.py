@@ -68,11 +68,8 @@ class MergeCrossover:
         if torch.any(total.abs() < 1e-8):
             raise ValueError("crossover weights sum to zero; lower crossover.sigma")
         w = w / total
-        lo, hi = self.scale
-        if hi > lo:
-            w = w * (lo + (hi - lo) * torch.rand((), generator=gen, dtype=torch.float64))
-        elif lo != 1:
-            w = w * lo
+        lo, hi = self.scale  # a fixed scale draws nothing, so [1, 1] keeps the paper's draws
+        w = w * (lo + (hi - lo) * torch.rand((), generator=gen, dtype=torch.float64) if hi > lo else lo)
         col = {g: j for j, g in enumerate(groups)}
         key = (lambda n: "model") if self.granularity == "model" else layer_of
         return [{n: float(w[i, col[key(n)]]) for n in names} for i in range(n_parents)]
