@@ -32,7 +32,21 @@ class Checkpoint:
 
     @property
     def generation(self) -> int:
-        return int(self.state["qd"]["generation"])
+        """CycleQD's generations done (0 in a comparison search's checkpoint)."""
+        return int(self.state["qd"]["generation"]) if "qd" in self.state else 0
+
+    @property
+    def search(self) -> dict[str, Any] | None:
+        """A comparison search's state (:meth:`cycleqd.searches.CoefficientSearch.state_dict`), or None."""
+        return self.state.get("search")
+
+    @property
+    def search_name(self) -> str:
+        return self.search["name"] if self.search is not None else "cycleqd"
+
+    def where(self) -> str:
+        """How far the run had got: ``generation 12`` or, for a search, ``evaluation 56``."""
+        return f"evaluation {self.search['done']}" if self.search is not None else f"generation {self.generation}"
 
 
 def checkpoint_path(run_dir: str | Path) -> Path:

@@ -78,6 +78,7 @@ class Run:
         self.t_start = time.perf_counter()
         self.stop = Stop()
         self.qd: CycleQD | None = None
+        self.search_loop = None  # a comparison search's loop (search=cmaes, random)
         self.pool = self.c.evaluator
         self.best_opt_mean = float("-inf")  # the best mean opt score of any model evaluated so far
 
@@ -272,8 +273,10 @@ class Run:
 
     def _check_stop(self) -> None:
         if self.stop.requested:
+            loop = self.search_loop
+            where = f"generation {self.qd.generation} of {self.cfg.generations}" if loop is None else f"evaluation {loop.done} of {loop.budget}"
             raise RunInterrupted(
-                f"{self.stop.requested}: stopped at generation {self.qd.generation} of {self.cfg.generations}; "
+                f"{self.stop.requested}: stopped at {where}; "
                 f"checkpoint written. Resume with: cycleqd resume {self.run_dir}"
             )
 
@@ -424,14 +427,23 @@ def run(cfg: DictConfig, run_dir: str | Path, resume: bool = False, write_config
         ckpt, summary = prior_state(run_dir)
         if ckpt is not None and not resume:
             raise ConfigError(
-                "hydra.run.dir", f"{str(run_dir)!r} already holds a run (checkpoint at generation {ckpt.generation}): resume it with `cycleqd resume {run_dir}` or choose another directory"
+                "hydra.run.dir", f"{str(run_dir)!r} already holds a run (checkpoint at {ckpt.where()}): resume it with `cycleqd resume {run_dir}` or choose another directory"
             )
         if ckpt is not None:
-            if summary is not None and summary.get("generations") == ckpt.generation == cfg.generations:
+            kind = ckpt.search_name
+            if kind != components.search.name:
+                raise ConfigError("search", f"the checkpoint is of search={kind}, the config asks for search={components.search.name}; resume with search={kind}")
+            if ckpt.search is None:
+                done, target, key = ckpt.generation, cfg.generations, "generations"
+                finished = summary is not None and summary.get("generations") == done == target
+            else:
+                done, target, key = ckpt.search["done"], search_budget(cfg, components), "search.evaluations"
+                finished = summary is not None and summary.get("evaluations") == done == target
+            if finished:
                 log.info("the run in %s has already finished", run_dir)
                 return summary
-            if ckpt.generation > cfg.generations:
-                raise ConfigError("generations", f"the checkpoint is at generation {ckpt.generation}, past generations={cfg.generations}")
+            if done > target:
+                raise ConfigError(key, f"the checkpoint is at {ckpt.where()}, past this config's {target}")
         if write_config:
             write_text(run_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
         r = Run(cfg, run_dir, components)
@@ -451,7 +463,7 @@ def _phases(r: Run, run_dir: Path, cfg: DictConfig, ckpt, stop: Stop) -> dict[st
     stop.graceful = True
     remove(run_dir / "summary.json")
     if r.c.search.name != "cycleqd":
-        return _search(r)
+        return _search(r, ckpt)
     if ckpt is not None:
         log.info("resuming %s from generation %d", run_dir, ckpt.generation)
         r.restore(ckpt)
@@ -466,30 +478,48 @@ def _phases(r: Run, run_dir: Path, cfg: DictConfig, ckpt, stop: Stop) -> dict[st
     return r.finish()
 
 
-def _search(r: Run) -> dict[str, Any]:
+def search_budget(cfg: DictConfig, c: Components) -> int:
+    """A comparison search's opt evaluations: its own, or CycleQD's with the same config."""
+    return c.search.budget(len(c.names), cfg.generations, cfg.children_per_generation, c.final.opt_evaluations)
+
+
+def _search(r: Run, ckpt: checkpoint.Checkpoint | None) -> dict[str, Any]:
     """A comparison search (CMA-ES, random) over per-layer merge coefficients, at CycleQD's
-    budget; its best model on the opt split is the final model. It keeps no checkpoint: a
-    resumed search starts over."""
-    from cycleqd.searches import LayerCoefficients, run_search
+    budget; its best model on the opt split is the final model. A checkpoint is committed
+    after every round of candidates (kilobytes: the search's state), so a resumed search
+    continues with the same draws and ends where an uninterrupted one ends."""
+    from cycleqd.searches import CoefficientSearch, LayerCoefficients
 
     cfg, search = r.cfg, r.c.search
-    r.logger.truncate(0)
     space = LayerCoefficients(r.names, r.experts, r.basis)
-    budget = search.budget(len(r.names), cfg.generations, cfg.children_per_generation, r.c.final.opt_evaluations)
-    t0 = time.perf_counter()
-
-    def on_batch(m: dict) -> None:
-        nonlocal t0
-        now = time.perf_counter()
-        r.logger.log({**m, "generation": m["evaluations"] - 1, "seconds": now - t0, "elapsed_s": r.elapsed, "workers": r.pool.utilisation()})
-        t0 = now
-        r._check_stop()
-
-    x, result, counts = run_search(search, space, r.scores, budget, cfg.seed, on_batch)
-    if x is None or isinstance(result, Failure):
+    budget = search_budget(cfg, r.c)
+    loop = r.search_loop = CoefficientSearch(search, space.dim, budget, cfg.seed)
+    if ckpt is not None:
+        try:
+            loop.load_state_dict(ckpt.search)
+        except ValueError as e:
+            raise ConfigError("search", f"{e}; resume with the run's own settings") from None
+        r.elapsed_before, r.t_start = ckpt.state["elapsed_s"], time.perf_counter()
+        log.info("resuming %s from evaluation %d", r.run_dir, loop.done)
+    r.logger.truncate(loop.done)  # its lines are keyed by evaluations - 1
+    bar = Progress(f"search={search.name}", budget, "evaluation", initial=loop.done)
+    try:
+        while not loop.finished:
+            fault_point(f"evaluation {loop.done}")
+            t0 = time.perf_counter()
+            xs = loop.ask()
+            m = loop.tell(xs, r.scores([(space.child(x), "opt") for x in xs]))
+            r.logger.log({**m, "generation": m["evaluations"] - 1, "seconds": time.perf_counter() - t0, "elapsed_s": r.elapsed, "workers": r.pool.utilisation()})
+            checkpoint.commit(r.run_dir, {"search": loop.state_dict(), "elapsed_s": r.elapsed}, {})
+            bar.update(len(xs))
+            bar.set_postfix(best=f"{loop.best_value:.3f}")
+            r._check_stop()
+    finally:
+        bar.close()
+    if loop.best_x is None or isinstance(loop.best_result, Failure):
         raise EvaluationFailed(f"search={search.name}: every one of {budget} candidates failed on the opt split")
-    info = {"search": search.name, "coefficients": space.describe(x), "opt_mean": mean(result), **counts}
-    return r.finish((space.child(x), info))
+    info = {"search": search.name, "coefficients": space.describe(loop.best_x), "opt_mean": loop.best_value, **loop.counts()}
+    return r.finish((space.child(loop.best_x), info))
 
 
 def load_config(run_dir: str | Path) -> DictConfig:

@@ -106,6 +106,76 @@ class LayerCoefficients:
         return {q: {g: round(float(x[i, j]), 6) for j, g in enumerate(self.groups)} for i, q in enumerate(self.tasks)}
 
 
+class CoefficientSearch:
+    """CMA-ES or random search over ``dim`` coefficients, one round of candidates at a time
+    (ask, evaluate, tell), with a state that a checkpoint keeps: a resumed search continues
+    with the same draws and ends where an uninterrupted one ends.
+
+    Args:
+        search: Its settings.
+        dim: The number of coefficients.
+        budget: Evaluations to spend (may grow on resume).
+        seed: Seeds CMA-ES and the random draws.
+    """
+
+    def __init__(self, search: Search, dim: int, budget: int, seed: int) -> None:
+        from ribs.emitters.opt import CMAEvolutionStrategy
+
+        self.search, self.dim, self.budget = search, dim, budget
+        self.batch = search.batch_size or 4 + int(3 * math.log(dim))
+        self.rng = np.random.default_rng(seed)
+        self.es = None
+        if search.name == "cmaes":
+            self.es = CMAEvolutionStrategy(search.sigma0, dim, batch_size=self.batch, seed=seed, lower_bounds=search.low, upper_bounds=search.high)
+            self.es.reset(np.full(dim, search.x0))
+        self.best_x: np.ndarray | None = None
+        self.best_result: Result | None = None
+        self.best_value = -math.inf
+        self.done = self.failures = self.rounds = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.done >= self.budget
+
+    def ask(self) -> np.ndarray:
+        """The next round's candidates (fewer than a population when the budget ends)."""
+        n = min(self.batch, self.budget - self.done)
+        if self.es is not None:
+            return np.asarray(self.es.ask()[:n])
+        return self.rng.uniform(self.search.low, self.search.high, size=(n, self.dim))
+
+    def tell(self, xs: np.ndarray, results: Sequence[Result]) -> dict:
+        """Record a round's results; returns its metrics (for the run's log)."""
+        values = np.array([-1.0 if isinstance(r, Failure) else mean(r) for r in results])  # a failure ranks last
+        failed = sum(isinstance(r, Failure) for r in results)
+        if self.es is not None and len(xs) == self.batch:  # a partial last round is not told: CMA-ES ranks whole populations
+            order = np.argsort(-values, kind="stable")
+            self.es.tell(order, values[order], num_parents=self.batch // 2)
+        i = int(np.argmax(values))
+        if values[i] > self.best_value:
+            self.best_x, self.best_result, self.best_value = np.array(xs[i]), results[i], float(values[i])
+        self.done += len(xs)
+        self.failures += failed
+        self.rounds += 1
+        return {"evaluations": self.done, "best_opt_mean": self.best_value, "batch_opt_mean": float(values.mean()), "failed": failed}
+
+    def counts(self) -> dict:
+        return {"evaluations": self.done, "rounds": self.rounds, "batch_size": self.batch, "failed_evaluations": self.failures}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed search needs: CMA-ES's distribution and generator, the random
+        draws' generator, the best so far and the counts (settings come from the config)."""
+        keys = ("name", "batch", "dim", "rng", "es", "best_x", "best_result", "best_value", "done", "failures", "rounds")
+        return {k: (self.search.name if k == "name" else getattr(self, k)) for k in keys}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for key, mine in (("name", self.search.name), ("dim", self.dim), ("batch", self.batch)):
+            if state[key] != mine:
+                raise ValueError(f"the checkpoint's search has {key}={state[key]!r}, this config {mine!r}")
+        for k in ("rng", "es", "best_x", "best_result", "best_value", "done", "failures", "rounds"):
+            setattr(self, k, state[k])
+
+
 def run_search(
     search: Search,
     space: LayerCoefficients,
@@ -115,31 +185,9 @@ def run_search(
     on_batch: Callable[[dict], None] = lambda m: None,
 ) -> tuple[np.ndarray, Result, dict]:
     """Spend ``budget`` evaluations; returns the best coefficients on the optimisation split,
-    their scores, and counts. ``on_batch`` gets each round's metrics (for the run's log)."""
-    from ribs.emitters.opt import CMAEvolutionStrategy
-
-    rng = np.random.default_rng(seed)
-    batch = search.batch_size or 4 + int(3 * math.log(space.dim))
-    es = None
-    if search.name == "cmaes":
-        es = CMAEvolutionStrategy(search.sigma0, space.dim, batch_size=batch, seed=seed, lower_bounds=search.low, upper_bounds=search.high)
-        es.reset(np.full(space.dim, search.x0))
-    best_x, best_result, best_value = None, None, -math.inf
-    done, failures, rounds = 0, 0, 0
-    while done < budget:
-        n = min(batch, budget - done)
-        xs = es.ask()[:n] if es is not None else rng.uniform(search.low, search.high, size=(n, space.dim))
-        results = scores([(space.child(x), "opt") for x in xs])
-        values = np.array([-1.0 if isinstance(r, Failure) else mean(r) for r in results])  # a failure ranks last
-        failed = sum(isinstance(r, Failure) for r in results)
-        failures += failed
-        if es is not None and n == batch:  # a partial last round is not told: CMA-ES ranks whole populations
-            order = np.argsort(-values, kind="stable")
-            es.tell(order, values[order], num_parents=batch // 2)
-        i = int(np.argmax(values))
-        if values[i] > best_value:
-            best_x, best_result, best_value = np.array(xs[i]), results[i], float(values[i])
-        done += n
-        rounds += 1
-        on_batch({"evaluations": done, "best_opt_mean": best_value, "batch_opt_mean": float(values.mean()), "failed": failed})
-    return best_x, best_result, {"evaluations": done, "rounds": rounds, "batch_size": batch, "failed_evaluations": failures}
+    their scores, and counts. ``on_batch`` gets each round's metrics."""
+    loop = CoefficientSearch(search, space.dim, budget, seed)
+    while not loop.finished:
+        xs = loop.ask()
+        on_batch(loop.tell(xs, scores([(space.child(x), "opt") for x in xs])))
+    return loop.best_x, loop.best_result, loop.counts()

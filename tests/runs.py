@@ -47,7 +47,7 @@ def run_fingerprint(run_dir: Path) -> dict:
     return {
         "summary": summary,
         "metrics": metrics,
-        "table": (run_dir / "elites" / "table.csv").read_text(),
+        "table": table.read_text() if (table := run_dir / "elites" / "table.csv").is_file() else None,  # a search run has none
         "elite_files": {p.name: _sha(p) for p in sorted((run_dir / "elites").glob("elite-*"))},
         "final": _sha(run_dir / "final.safetensors"),
     }

@@ -89,6 +89,43 @@ def test_killed_at_random_moments_resumes_to_the_uninterrupted_run(tmp_path: Pat
     assert not list(run_dir.rglob(".*.tmp"))
 
 
+def test_a_killed_search_resumes_to_the_uninterrupted_search(tmp_path: Path, cache: Path):
+    """CMA-ES commits its state after every round of candidates: killed before its first
+    checkpoint, inside each step of a checkpoint's write and in the final phase, it resumes
+    to the result of an uninterrupted search, draw for draw."""
+    batch = 4
+    args = [*lively_overrides(cache, 10), "search=cmaes", f"search.batch_size={batch}", "genome=true"]
+    whole = tmp_path / "whole"
+    cli("run", *args, f"hydra.run.dir={whole}")
+    budget = json.loads((whole / "summary.json").read_text())["evaluations"]
+    assert budget >= 3 * batch
+
+    # A round's fault points: "evaluation <done>", one per candidate, then the checkpoint's write.
+    half, before, after = batch + 2, batch + 3, batch + 4
+    chain = [
+        ("evaluation 0", random.Random(1).randint(2, batch + 1), "evaluate on opt", None),  # no checkpoint yet: starts over
+        (f"evaluation {batch}", half, "write state.ckpt: half written", batch),  # the old checkpoint stands
+        (f"evaluation {batch}", after, "write state.ckpt: after rename", 2 * batch),
+        (f"evaluation {2 * batch}", before, "write state.ckpt: before rename", 2 * batch),
+        ("final: start", random.Random(2).randint(2, 20), None, budget),
+    ]
+    run_dir = tmp_path / "run"
+    for i, (armed, at, point, done) in enumerate(chain):
+        log = tmp_path / f"faults-{i}.log"
+        env = {"CYCLEQD_FAULT_LOG": str(log), "CYCLEQD_FAULT_AFTER": armed, "CYCLEQD_FAULT_AT": f"{at}:kill"}
+        proc = cli("run", *args, f"hydra.run.dir={run_dir}", env=env, check=False) if i == 0 else cli("resume", str(run_dir), env=env, check=False)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+        assert point is None or _last_point(log) == point, (i, _last_point(log))
+        ckpt = checkpoint.load(run_dir)
+        assert (ckpt.search["done"] if ckpt else None) == done, i
+    line = one_line_error(cli("resume", str(run_dir), "search.name=random", check=False))
+    assert "search: the checkpoint is of search=cmaes" in line, line
+
+    cli("resume", str(run_dir))
+    assert run_fingerprint(run_dir) == run_fingerprint(whole)
+    assert "already finished" in cli("resume", str(run_dir)).stderr
+
+
 def test_a_full_disk_is_named_and_the_run_resumes(tmp_path: Path, cache: Path, lively_genome_run: Path):
     run_dir = tmp_path / "run"
     proc = cli("run", *_args(cache, run_dir, genome=True), env={"CYCLEQD_FAULT_AFTER": "generation 10", "CYCLEQD_FAULT_AT": "4:enospc"}, check=False)
@@ -126,6 +163,20 @@ def test_sigint_and_sigterm_finish_the_generation_and_checkpoint(tmp_path: Path,
         assert done >= step and len((run_dir / "metrics.jsonl").read_text().splitlines()) == done, (done, err[-2000:])
     cli("resume", str(run_dir))
     assert run_fingerprint(run_dir) == run_fingerprint(lively_genome_run)
+
+
+def test_sigint_stops_a_search_after_its_round_with_a_checkpoint(tmp_path: Path, cache: Path):
+    run_dir = tmp_path / "run"
+    args = ["run", *lively_overrides(cache, 10), "search=cmaes", "search.batch_size=4", "search.evaluations=400", "genome=true", f"hydra.run.dir={run_dir}"]
+    proc = _start(args, {})
+    _wait_for_generation(run_dir, 2, proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    done = checkpoint.load(run_dir).search["done"]
+    lines = [x for x in err.splitlines() if x.strip() and not x.startswith("[")]
+    assert len(lines) == 1 and f"SIGINT: stopped at evaluation {done} of 400" in lines[0] and f"cycleqd resume {run_dir}" in lines[0], err[-3000:]
+    assert 8 <= done < 400 and len((run_dir / "metrics.jsonl").read_text().splitlines()) == done // 4
 
 
 def test_one_writer_per_run_directory(tmp_path: Path, lively_run: Path):
