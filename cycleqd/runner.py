@@ -434,16 +434,17 @@ def run(cfg: DictConfig, run_dir: str | Path, resume: bool = False, write_config
             if kind != components.search.name:
                 raise ConfigError("search", f"the checkpoint is of search={kind}, the config asks for search={components.search.name}; resume with search={kind}")
             if ckpt.search is None:
-                done, target, key = ckpt.generation, cfg.generations, "generations"
+                done, target, key, limit = ckpt.generation, cfg.generations, "generations", f"generations={cfg.generations}"
                 finished = summary is not None and summary.get("generations") == done == target
             else:
                 done, target, key = ckpt.search["done"], search_budget(cfg, components), "search.evaluations"
+                limit = f"this config's budget of {target} evaluations"
                 finished = summary is not None and summary.get("evaluations") == done == target
             if finished:
                 log.info("the run in %s has already finished", run_dir)
                 return summary
             if done > target:
-                raise ConfigError(key, f"the checkpoint is at {ckpt.where()}, past this config's {target}")
+                raise ConfigError(key, f"the checkpoint is at {ckpt.where()}, past {limit}")
         if write_config:
             write_text(run_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
         r = Run(cfg, run_dir, components)

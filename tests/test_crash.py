@@ -124,6 +124,10 @@ def test_a_killed_search_resumes_to_the_uninterrupted_search(tmp_path: Path, cac
     cli("resume", str(run_dir))
     assert run_fingerprint(run_dir) == run_fingerprint(whole)
     assert "already finished" in cli("resume", str(run_dir)).stderr
+    line = one_line_error(cli("resume", str(run_dir), f"search.evaluations={budget - 1}", check=False))
+    assert f"search.evaluations: the checkpoint is at evaluation {budget}, past this config's budget of {budget - 1} evaluations" in line, line
+    cli("resume", str(run_dir), f"search.evaluations={budget + batch}")  # a larger budget continues the search
+    assert json.loads((run_dir / "summary.json").read_text())["evaluations"] == checkpoint.load(run_dir).search["done"] == budget + batch
 
 
 def test_a_full_disk_is_named_and_the_run_resumes(tmp_path: Path, cache: Path, lively_genome_run: Path):
