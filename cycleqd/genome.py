@@ -167,6 +167,25 @@ class Basis:
                 c[b.start : b.stop] = 1.0
         return c
 
+    def expert_weights(self, c: np.ndarray) -> dict[str, float]:
+        """How much of each expert genome ``c`` holds: its coefficients on the expert's blocks,
+        averaged with the energy each carries in the expert's task vector (``S_j²`` for a
+        singular direction, ``‖δ‖²`` for a scalar). The expert itself is 1 on its own task and
+        0 on the others, ``w`` times it is ``w``, and a crossover of experts gets its weights;
+        the SVD mutation only adds, so a lineage's weights grow."""
+        if not hasattr(self, "_energy"):
+            energy = np.zeros(self.length)
+            for b in self.blocks:
+                if b.directional:
+                    energy[b.start : b.stop] = self.svds[b.task][b.name].S.detach().double().cpu().numpy() ** 2
+                else:
+                    energy[b.start] = float(as_dense(self.deltas[(b.task, b.name)]).double().pow(2).sum())
+            own = {q: np.concatenate([np.arange(b.start, b.stop) for b in self.blocks if b.task == q]) for q in self.tasks}
+            self._energy = (energy, own)
+        energy, own = self._energy
+        c = np.asarray(c, dtype=np.float64)
+        return {q: float(c[i] @ energy[i] / energy[i].sum()) for q, i in own.items()}
+
     def spread(self, per_name: Mapping[str, float]) -> np.ndarray:
         """A per-parameter weight as a per-coefficient vector (every block of ``name`` gets it)."""
         out = np.empty(self.length, dtype=np.float64)

@@ -68,6 +68,28 @@ class RunData:
             return self.store.get(elite_id)
         return self.basis().task_vector(self.solution(elite_id))
 
+    def expert_weights(self):
+        """One row per elite (``id``) of a genome run: ``weight_<task>``, how much of each
+        expert it holds (:meth:`cycleqd.genome.Basis.expert_weights`; 1 = the expert), and
+        ``weight_sum``. Where the good merges lie, and how far the search wandered from them.
+
+        Raises:
+            ValueError: the run's elites are task vectors, not genomes.
+        """
+        import pandas as pd
+
+        if not self.genome:
+            raise ValueError(f"{str(self.run_dir)!r} keeps its elites as task vectors, not genomes: expert weights are read from genomes (genome=true)")
+        basis = self.basis()
+        rows = {}
+        for archive in self.archives.values():
+            data = archive.data(["id", "solution"])
+            for i, sol in zip(data["id"], data["solution"]):
+                rows.setdefault(int(i), basis.expert_weights(sol))
+        table = pd.DataFrame([{"id": i, **{f"weight_{t}": w for t, w in ws.items()}} for i, ws in sorted(rows.items())])
+        table["weight_sum"] = table[[f"weight_{t}" for t in self.tasks]].sum(axis=1)
+        return table
+
     def basis(self):
         """The experts' bases this run's genomes are coefficients of (read from the model cache)."""
         from cycleqd.genome import Basis, ExpertBasis

@@ -279,3 +279,19 @@ def test_the_papers_final_model_is_the_merge_without_choosing(tmp_path: Path, ca
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["final_elites"]["chosen"] == "merge" and "candidates" not in s["final_elites"]
     assert s["opt_evaluations"] == s["evaluations"]  # one scale and no choice: nothing measured
+
+
+def test_expert_weights_place_every_elite_of_a_genome_run(lively_genome_run: Path, lively_run: Path):
+    run = load_run(lively_genome_run)
+    weights = run.expert_weights().set_index("id")
+    elites = run.elites.drop_duplicates("id").set_index("id")
+    assert set(weights.index) == set(elites.index)
+    for i, origin in elites["origin"].items():
+        w = weights.loc[i]
+        if origin.startswith("expert:"):  # the expert itself: 1 on its task, 0 on the others
+            task = origin.split(":")[1]
+            assert w[f"weight_{task}"] == pytest.approx(1.0) and w["weight_sum"] == pytest.approx(1.0), (i, w)
+    children = weights.loc[elites["origin"].str.startswith("child:")]
+    assert len(children) and children["weight_sum"].max() > 1.2  # the SVD mutation (scale 1 here) only adds
+    with pytest.raises(ValueError, match="genome=true"):
+        load_run(lively_run).expert_weights()

@@ -156,3 +156,19 @@ def test_bases_are_cached_by_expert_content(tmp_path):
     assert list(again.svds) == sorted(first.svds)  # the order the mutation draws in, whatever the file order
     cached_expert_basis(experts["b"], tmp_path, svd)
     assert len(calls) == 2 and len(list((tmp_path / "bases").glob("*.safetensors"))) == 2
+
+
+@pytest.mark.parametrize("kind", ["full", "lora"])
+def test_expert_weights_are_the_projection_of_a_genome_on_each_expert(kind):
+    experts, _, basis = _setup(kind)
+    e = {t: basis.expert(t) for t in TASKS}
+    assert basis.expert_weights(e["a"]) == pytest.approx({"a": 1.0, "b": 0.0, "c": 0.0})
+    assert basis.expert_weights(0.3 * e["a"] + 0.7 * e["b"] + 1.5 * e["c"]) == pytest.approx({"a": 0.3, "b": 0.7, "c": 1.5})
+    # Random coefficients on expert b's blocks alone: the weight is the projection <τ, τ_b> / ‖τ_b‖²,
+    # computed densely (each singular direction counts by the energy it carries).
+    rng = np.random.default_rng(0)
+    c = np.where(e["b"] > 0, rng.uniform(0, 2, basis.length), 0.0).astype(np.float32)
+    dot = sum(float((basis.delta(c, n).double() * as_dense(experts["b"][n]).double()).sum()) for n in experts["b"])
+    norm = sum(float(as_dense(experts["b"][n]).double().pow(2).sum()) for n in experts["b"])
+    assert basis.expert_weights(c) == pytest.approx({"a": 0.0, "b": dot / norm, "c": 0.0}, rel=1e-4)
+    assert abs(dot / norm - float(c[e["b"] > 0].mean())) > 0.01  # energy-weighted, not a plain mean
