@@ -155,6 +155,7 @@ class Basis:
         for b in self.blocks:
             self._by_name.setdefault(b.name, []).append(b)
         self._index = {(b.task, b.name): b for b in self.blocks}
+        self._energy: tuple[np.ndarray, dict[str, np.ndarray]] | None = None  # expert_weights' weights, made once
 
     def block(self, task: str, name: str) -> Block:
         return self._index[(task, name)]
@@ -173,7 +174,7 @@ class Basis:
         singular direction, ``‖δ‖²`` for a scalar). The expert itself is 1 on its own task and
         0 on the others, ``w`` times it is ``w``, and a crossover of experts gets its weights;
         the SVD mutation only adds, so a lineage's weights grow."""
-        if not hasattr(self, "_energy"):
+        if self._energy is None:
             energy = np.zeros(self.length)
             for b in self.blocks:
                 if b.directional:
