@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from cycleqd import checkpoint
 from cycleqd.lock import RunLock
 from tests.conftest import LIVELY_GENERATIONS
@@ -89,6 +91,7 @@ def test_killed_at_random_moments_resumes_to_the_uninterrupted_run(tmp_path: Pat
     assert not list(run_dir.rglob(".*.tmp"))
 
 
+@pytest.mark.slow  # eleven processes, about 100 s: it runs in `make test-slow` (CI runs both)
 def test_a_killed_search_resumes_to_the_uninterrupted_search(tmp_path: Path, cache: Path):
     """CMA-ES commits its state after every round of candidates: killed before its first
     checkpoint, inside each step of a checkpoint's write and in the final phase, it resumes
