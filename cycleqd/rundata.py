@@ -118,11 +118,10 @@ def load_run(run_dir: str | Path) -> RunData:
     ckpt = checkpoint.load(run_dir)
     if ckpt is None or ckpt.search is not None:
         summary_path = run_dir / "summary.json"
-        search = "cycleqd"
         if ckpt is not None:
             search = ckpt.search_name
-        elif summary_path.is_file():
-            search = read_json(summary_path, "summary").get("search", "cycleqd")
+        else:  # a search run written before searches kept checkpoints
+            search = read_json(summary_path, "summary").get("search", "cycleqd") if summary_path.is_file() else "cycleqd"
         if search != "cycleqd":
             raise FileNotFoundError(f"{str(run_dir)!r} is a search={search} run: it has no archives or elites, only its final model (final.safetensors)")
         raise FileNotFoundError(f"{str(run_dir)!r} has no checkpoint/state.ckpt: not a cycleqd run directory")

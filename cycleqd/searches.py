@@ -162,17 +162,19 @@ class CoefficientSearch:
     def counts(self) -> dict:
         return {"evaluations": self.done, "rounds": self.rounds, "batch_size": self.batch, "failed_evaluations": self.failures}
 
+    _STATE = ("rng", "es", "best_x", "best_result", "best_value", "done", "failures", "rounds")
+
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed search needs: CMA-ES's distribution and generator, the random
-        draws' generator, the best so far and the counts (settings come from the config)."""
-        keys = ("name", "batch", "dim", "rng", "es", "best_x", "best_result", "best_value", "done", "failures", "rounds")
-        return {k: (self.search.name if k == "name" else getattr(self, k)) for k in keys}
+        draws' generator, the best so far and the counts (settings come from the config; the
+        shape is kept to refuse a config that does not fit)."""
+        return {"name": self.search.name, "dim": self.dim, "batch": self.batch, **{k: getattr(self, k) for k in self._STATE}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         for key, mine in (("name", self.search.name), ("dim", self.dim), ("batch", self.batch)):
             if state[key] != mine:
                 raise ValueError(f"the checkpoint's search has {key}={state[key]!r}, this config {mine!r}")
-        for k in ("rng", "es", "best_x", "best_result", "best_value", "done", "failures", "rounds"):
+        for k in self._STATE:
             setattr(self, k, state[k])
 
 
