@@ -151,6 +151,10 @@ def _final_line(info: dict) -> list[str]:
     """Which model the final step chose, and on what opt means."""
     if "chosen" not in info:  # a run from before the final step chose
         return []
+    return _chosen_line(info) + _refine_line(info.get("refine"))
+
+
+def _chosen_line(info: dict) -> list[str]:
     merge = f"the merge of each archive's best ({info['method']} weights) at scale {info['scale']:g}"
     if "candidates" not in info:
         return [f"final model: {merge}"]
@@ -160,6 +164,14 @@ def _final_line(info: dict) -> list[str]:
     if info["chosen"] == "elite":
         return [f"final model: {elite.replace(':', ' ')}, the best elite by mean (opt mean {100 * e:.1f}; {merge}: {m_text})"]
     return [f"final model: {merge} (opt mean {m_text}; the best elite by mean, {elite.replace(':', ' ')}: {100 * e:.1f})"]
+
+
+def _refine_line(r: dict | None) -> list[str]:
+    if not r:
+        return []
+    found = "every candidate failed" if r["opt_mean"] is None else f"best opt mean {100 * r['opt_mean']:.1f}"
+    verdict = "kept" if r["applied"] else "not kept"
+    return [f"  refined by CMA-ES over per-layer expert coefficients: {r['evaluations']} opt evaluations, {found}, {verdict}"]
 
 
 def format_summary(summary: dict) -> str:

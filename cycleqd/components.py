@@ -50,17 +50,21 @@ class FinalSpec:
     """How the final model is made: each archive's best elite merged with weights by
     ``method``, at the overall scale chosen on the opt split from ``scales``; with
     ``choice="opt"`` that merge or the archives' best elite by mean score, whichever has
-    the higher mean opt score."""
+    the higher mean opt score. With ``refine`` > 0, CMA-ES then spends that many opt
+    evaluations on per-layer coefficients of the experts added to the chosen model, from
+    zero with step ``refine_sigma0`` (:meth:`cycleqd.runner.Run.refine`)."""
 
     method: str
     scales: tuple[float, ...]
     choice: str = "opt"
+    refine: int = 0
+    refine_sigma0: float = 0.1
 
     @property
     def opt_evaluations(self) -> int:
         """The final step's evaluations on the opt split: one per scale, none for a single
-        scale unless the merge must be weighed against an elite."""
-        return len(self.scales) if len(self.scales) > 1 or self.choice == "opt" else 0
+        scale unless the merge must be weighed against an elite; then the refinement's."""
+        return (len(self.scales) if len(self.scales) > 1 or self.choice == "opt" or self.refine else 0) + self.refine
 
 
 @dataclass(frozen=True)
@@ -214,8 +218,9 @@ def build_tasks(cfg: DictConfig) -> list:
 def _final(cfg: DictConfig) -> FinalSpec:
     node = plain(_setting(cfg, "final"))
     require(isinstance(node, dict), "final", f"must be a mapping with choice, method and scales, got {node!r}")
-    unknown = sorted(set(node) - {"choice", "method", "scales"})
-    require(not unknown, f"final.{unknown[0] if unknown else ''}", "unknown key (the keys are choice, method, scales)")
+    keys = ("choice", "method", "scales", "refine", "refine_sigma0")
+    unknown = sorted(set(node) - set(keys))
+    require(not unknown, f"final.{unknown[0] if unknown else ''}", f"unknown key (the keys are {', '.join(keys)})")
     choice, method, scales = node.get("choice", "opt"), node.get("method", "quality"), node.get("scales", [1.0])
     require(choice in CHOICES, "final.choice", f"must be one of {list(CHOICES)}, got {choice!r}")
     require(method in AGGREGATIONS, "final.method", f"must be one of {list(AGGREGATIONS)}, got {method!r}")
@@ -224,7 +229,10 @@ def _final(cfg: DictConfig) -> FinalSpec:
         "final.scales",
         f"must be a non-empty list of positive numbers, got {scales!r}",
     )
-    return FinalSpec(method, tuple(float(s) for s in scales), choice)
+    refine, sigma0 = node.get("refine", 0), node.get("refine_sigma0", 0.1)
+    require(matches(refine, int) and refine >= 0, "final.refine", f"must be an integer >= 0 (opt evaluations; 0: none), got {refine!r}")
+    require(matches(sigma0, float) and sigma0 > 0, "final.refine_sigma0", f"must be a number > 0, got {sigma0!r}")
+    return FinalSpec(method, tuple(float(s) for s in scales), choice, refine, float(sigma0))
 
 
 def _baselines(cfg: DictConfig, n_experts: int) -> dict[str, BaselineSpec]:

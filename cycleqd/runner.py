@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import resource
 import time
 from pathlib import Path
@@ -313,10 +314,42 @@ class Run:
             info["candidates"] = {"merge": merge_mean, f"elite:{top.id}": top.objective}
             # The merge wins ties: it is the paper's model, and a tie on opt is no evidence against it.
             if merge_mean is None or top.objective > merge_mean:
-                chosen = {"chosen": "elite", "elites": [{"id": top.id, "weight": 1.0}], "merge_elites": info.pop("elites")}
-                return self.operators.combine([self.operators.parent(top)], [1.0]), info | chosen
+                info |= {"chosen": "elite", "elites": [{"id": top.id, "weight": 1.0}], "merge_elites": info.pop("elites")}
+                return self.refine(self.operators.combine([self.operators.parent(top)], [1.0]), top.objective, info), info
         info["chosen"] = "merge"
-        return self.operators.combine([merged], [best]), info
+        return self.refine(self.operators.combine([merged], [best]), info.get("opt_mean", {}).get(best), info), info
+
+    def refine(self, model: Any, opt_mean: float | None, info: dict[str, Any]) -> Any:
+        """``final.refine`` opt evaluations of CMA-ES around the chosen model, over the
+        comparison searches' coordinates (one coefficient per expert and layer group):
+        ``model + Σ_q Σ_g x[q, g] τ_q[g]``, from ``x = 0`` with step ``final.refine_sigma0``.
+
+        The archives hold the best model of each skill; the model the final step reports is
+        judged on the mean over the skills, which no archive optimises. The refinement spends
+        part of the budget on that mean, from the archives' answer instead of from scratch.
+        The refined model replaces the chosen one only if its mean opt score is higher;
+        ``info["refine"]`` records what it found."""
+        final = self.c.final
+        if not final.refine:
+            return model
+        from cycleqd.searches import CoefficientSearch, LayerCoefficients, Search
+
+        space = LayerCoefficients(self.names, self.experts, self.basis)
+        search = Search("cmaes", sigma0=final.refine_sigma0, x0=0.0, low=-1.0, high=1.0)
+        loop = CoefficientSearch(search, space.dim, final.refine, self.cfg.seed)
+        with Progress("final model: refinement on opt", final.refine, "evaluation") as progress:
+            while not loop.finished:
+                self._check_stop()  # a stop resumes from the last checkpoint, which reruns the final phase
+                xs = loop.ask()
+                loop.tell(xs, self.scores([(self.operators.combine([model, space.child(x)], [1.0, 1.0]), "opt") for x in xs]))
+                progress.update(len(xs))
+        before = -math.inf if opt_mean is None else opt_mean
+        applied = loop.best_value > before
+        info["refine"] = {"evaluations": loop.done, "failed": loop.failures, "opt_mean_before": opt_mean, "opt_mean": loop.best_value if math.isfinite(loop.best_value) else None, "applied": applied}
+        if not applied:
+            return model
+        info["refine"]["coefficients"] = space.describe(loop.best_x)
+        return self.operators.combine([model, space.child(loop.best_x)], [1.0, 1.0])
 
     def finish(self, searched: tuple[Any, dict[str, Any]] | None = None) -> dict[str, Any]:
         """Final model, experts and baselines on the test split; then final.safetensors, the
@@ -364,7 +397,9 @@ class Run:
             "generations": self.qd.generation,
             "evaluations": self.qd.evaluations if searched is None else final_info["evaluations"],
             # every evaluation on the opt split that chose the final model (the budget of a comparison)
-            "opt_evaluations": self.qd.evaluations + len(final_info.get("opt_mean", {})) if searched is None else final_info["evaluations"],
+            "opt_evaluations": self.qd.evaluations + len(final_info.get("opt_mean", {})) + final_info.get("refine", {}).get("evaluations", 0)
+            if searched is None
+            else final_info["evaluations"],
             "experts": {t: s for t, s in experts.items() if s is not None},
             "base": base,
             "baselines": baselines,

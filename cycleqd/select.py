@@ -69,7 +69,9 @@ def select_elites(run, strategy: str, *, k: int = 5, archive: str | None = None,
 
     ``best``: the top elite on each task over all archives; ``pareto``: the Pareto front
     over the K task scores; ``topk``: the ``k`` best by mean score; ``final``: the elites
-    the final model took, with their weights (one, of weight 1, where it is an elite);
+    the final model took, with their weights (one, of weight 1, where it is an elite; a
+    refined final model, ``final.refine``, adds per-layer expert coefficients to them, which
+    ``summary.json`` records under ``final_elites.refine``: its file is ``final.safetensors``);
     ``cell``: the elite of ``archive`` at ``cell``.
     """
     if strategy not in STRATEGIES:

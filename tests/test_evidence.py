@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -14,11 +15,13 @@ import torch
 from safetensors import safe_open
 
 from cycleqd.archives import CyclicArchives
+from cycleqd.components import FinalSpec
 from cycleqd.evaluation import score_tasks
 from cycleqd.protocols import ItemScores, Measure
 from cycleqd.rundata import load_run
 from cycleqd.searches import LayerCoefficients, Search, run_search
 from cycleqd.stats import compare_to, differences, paired_bootstrap
+from cycleqd.taskvector import TaskVector, linear_combination
 from tasks.sorting import Sorting
 from tests.runs import cli, main
 from tests.test_genome import TASKS as GENOME_TASKS
@@ -179,6 +182,83 @@ def test_search_settings_are_checked():
             Search(**bad)
     assert Search().budget(3, 300, 1, 3) == 306 and Search(evaluations=50).budget(3, 300, 1, 3) == 50
     assert Search().budget(3, 10, 2, 0) == 23  # the paper's merge at one scale: no evaluations for it
+    # a refinement's evaluations count in the budget (and the merge it starts from is scored)
+    assert Search().budget(3, 200, 1, FinalSpec("quality", (1.0, 1.25, 1.5), refine=100).opt_evaluations) == 306
+    assert FinalSpec("quality", (1.0,), "merge", refine=5).opt_evaluations == 6
+
+
+def test_refinement_settings_are_checked():
+    from omegaconf import OmegaConf
+
+    from cycleqd.components import _final
+    from cycleqd.errors import ConfigError
+
+    for bad, message in (
+        ({"refine": 1.5}, "final.refine: must be an integer >= 0 (opt evaluations; 0: none), got 1.5"),
+        ({"refine_sigma0": 0}, "final.refine_sigma0: must be a number > 0, got 0"),
+        ({"refine_steps": 3}, "final.refine_steps: unknown key (the keys are choice, method, scales, refine, refine_sigma0)"),
+    ):
+        with pytest.raises(ConfigError) as e:
+            _final(OmegaConf.create({"final": {"scales": [1.0], **bad}}))
+        assert str(e.value) == message
+    assert _final(OmegaConf.create({"final": {"scales": [1.0], "refine": 50}})).opt_evaluations == 51
+
+
+def _layered(seed: int) -> TaskVector:
+    """A task vector over two transformer blocks and a parameter outside them."""
+    gen = torch.Generator().manual_seed(seed)
+    return TaskVector({n: torch.randn(4, 4, generator=gen) for n in ("model.layers.0.w", "model.layers.1.w", "lm_head.weight")})
+
+
+REFINE_EXPERTS = {"a": _layered(10), "b": _layered(11)}
+
+
+def _refine(final: FinalSpec, model: TaskVector, before: float | None, target: TaskVector) -> tuple[TaskVector, dict, dict]:
+    """``Run.refine`` over two experts, every task scored by closeness to ``target``."""
+    from cycleqd.runner import Run
+
+    evaluated = []
+
+    def scores(items):
+        evaluated.extend(items)
+        return [{t: float(torch.exp(-sum(((m[n] - target[n]) ** 2).sum() for n in target) / 50)) for t in REFINE_EXPERTS} for m, _ in items]
+
+    run = SimpleNamespace(
+        c=SimpleNamespace(final=final), names=list(REFINE_EXPERTS), experts=REFINE_EXPERTS, basis=None, cfg=SimpleNamespace(seed=0),
+        scores=scores, operators=SimpleNamespace(combine=lambda xs, ws: linear_combination(list(xs), list(ws))), _check_stop=lambda: None,
+    )  # fmt: skip
+    info: dict = {}
+    out = Run.refine(run, model, before, info)
+    assert len(evaluated) == final.refine and {split for _, split in evaluated} <= {"opt"}
+    return out, info, scores([(out, "opt")])[0]
+
+
+def test_the_refinement_climbs_from_the_chosen_model_and_keeps_only_a_gain():
+    from cycleqd.crossover import layer_of
+
+    experts, model = REFINE_EXPERTS, _layered(1)
+    final = FinalSpec("quality", (1.0,), refine=40, refine_sigma0=0.2)
+    # a target that per-layer coefficients of the experts reach from the chosen model
+    x = {"a": {"layer0": 0.4, "layer1": -0.3, "lm_head.weight": 0.2}, "b": {"layer0": -0.2, "layer1": 0.3, "lm_head.weight": 0.1}}
+    target = TaskVector({n: model[n] + sum(x[t][layer_of(n)] * experts[t][n] for t in experts) for n in model})
+    start = _refine(FinalSpec("quality", (1.0,)), model, None, target)[2]["a"]  # the chosen model's own score
+
+    out, info, score = _refine(final, model, start, target)
+    r = info["refine"]
+    assert r["applied"] and r["evaluations"] == 40 and r["failed"] == 0 and r["opt_mean_before"] == start
+    assert r["opt_mean"] == pytest.approx(score["a"]) and score["a"] > start + 0.1  # it climbed
+    # the model returned is the chosen one plus the recorded per-layer coefficients times the experts
+    c = r["coefficients"]
+    oracle = {n: model[n] + sum(c[t][layer_of(n)] * experts[t][n] for t in experts) for n in model}
+    assert all(torch.allclose(out[n], oracle[n], atol=1e-5) for n in model)
+
+    # a chosen model better than anything found is kept as it is
+    kept, info, _ = _refine(final, model, 2.0, target)
+    assert kept is model and info["refine"]["applied"] is False and "coefficients" not in info["refine"]
+    assert info["refine"]["opt_mean"] < 2.0
+    # none: nothing evaluated, nothing recorded
+    none, info, _ = _refine(FinalSpec("quality", (1.0,)), model, start, target)
+    assert none is model and info == {}
 
 
 def test_mean_quality_archives_score_every_elite_by_its_mean():
@@ -279,6 +359,31 @@ def test_the_papers_final_model_is_the_merge_without_choosing(tmp_path: Path, ca
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["final_elites"]["chosen"] == "merge" and "candidates" not in s["final_elites"]
     assert s["opt_evaluations"] == s["evaluations"]  # one scale and no choice: nothing measured
+
+
+def test_a_refined_final_model_is_written_scored_and_counted(tmp_path: Path, cache: Path):
+    """The refinement in a genome run: the merge at a hundredth of its scale is almost the base
+    model, CMA-ES around it finds a better mean, and final.safetensors is that merge plus the
+    recorded per-layer coefficients times the experts."""
+    from cycleqd.crossover import layer_of
+
+    cli("run", *lively_overrides(cache, 2), "final.choice=merge", "final.scales=[0.01]", "final.refine=6", "final.refine_sigma0=0.5", f"hydra.run.dir={tmp_path}")
+    s = json.loads((tmp_path / "summary.json").read_text())
+    info = s["final_elites"]
+    r = info["refine"]
+    assert r["evaluations"] == 6 and s["opt_evaluations"] == s["evaluations"] + 1 + 6  # the merge, then the refinement
+    assert r["applied"] and r["opt_mean"] > r["opt_mean_before"] == info["opt_mean"]["0.01"]
+    assert sum(s["final_opt"].values()) / len(s["final_opt"]) == pytest.approx(r["opt_mean"])  # evaluation is deterministic
+    run = load_run(tmp_path)
+    basis = run.basis()
+    experts = {t: basis.task_vector(basis.expert(t)).dense() for t in run.tasks}
+    merge = linear_combination([run.vector(e["id"]) for e in info["elites"]], [0.01 * e["weight"] for e in info["elites"]]).dense()
+    c = r["coefficients"]
+    with safe_open(str(tmp_path / "final.safetensors"), "pt") as f:
+        for n in f.keys():
+            oracle = merge[n] + sum(c[t][layer_of(n)] * experts[t][n] for t in experts if n in experts[t])
+            assert torch.allclose(f.get_tensor(n), oracle, atol=1e-5), n
+    assert "refined by CMA-ES over per-layer expert coefficients: 6 opt evaluations" in cli("show", str(tmp_path)).stdout
 
 
 def test_expert_weights_place_every_elite_of_a_genome_run(lively_genome_run: Path, lively_run: Path):

@@ -62,6 +62,7 @@ BAD_VALUES = [
     ("mutation.scale=-1", "mutation.scale: must be >= 0, got -1"),
     ("final.method=bogus", "final.method: must be one of ['quality', 'uniform', 'mean_score'], got 'bogus'"),
     ("final.scales=[]", "final.scales: must be a non-empty list of positive numbers"),
+    ("final.refine=-1", "final.refine: must be an integer >= 0 (opt evaluations; 0: none), got -1"),
     ("baselines.ties.density=[2.0]", "baselines.ties.density: must be in (0, 1], got 2.0"),
     ("baselines.ties.method=bogus", "baselines.ties.method: must be one of"),
     ("baselines.della.epsilon=[0.5]", "baselines.della.epsilon: density ± epsilon must lie in (0, 1), got density=0.3, epsilon=0.5"),
