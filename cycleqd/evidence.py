@@ -88,9 +88,11 @@ def table(roots: list[Path], reference: str) -> list[dict]:
                          float(np.mean([s["wall_time_s"] for s in ss.values()]))))
     ss = summaries[reference]
     first = next(iter(ss.values()))
-    # the best expert chosen on the opt split, as every choice is
-    best = max(first["experts_opt"], key=lambda t: _test_mean(first["experts_opt"][t]))
-    rows.append(_row(f"expert: {best} (best on opt)", [_test_mean(s["experts"][best]) for s in ss.values()], versus(items[reference], f"expert:{best}"), None, None))
+    # the best expert chosen on the opt split, as every choice is (a comparison search does
+    # not score the experts on opt: with one as the reference, there is no such row)
+    if first.get("experts_opt"):
+        best = max(first["experts_opt"], key=lambda t: _test_mean(first["experts_opt"][t]))
+        rows.append(_row(f"expert: {best} (best on opt)", [_test_mean(s["experts"][best]) for s in ss.values()], versus(items[reference], f"expert:{best}"), None, None))
     for b in first["baselines"]:
         rows.append(_row(f"static: {b}", [_test_mean(s["baselines"][b]) for s in ss.values() if b in s["baselines"]], versus(items[reference], f"baseline:{b}"), None, None))
     return rows
@@ -111,16 +113,26 @@ def format_rows(rows: list[dict], reference: str) -> str:
 
 
 def curves(roots: list[Path]) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
-    """Each method's best mean opt score (points) against evaluations, one curve per seed."""
+    """Each method's best mean opt score (points) against evaluations, one curve per seed
+    (in seed order).
+
+    A CycleQD run's log ends with its last generation; its final step (the merge's scales,
+    a refinement) spends the rest of its budget, so the curve ends with the final model's
+    opt mean at the run's opt evaluations."""
     out = {}
     for label, m in methods(roots).items():
-        for path in m.runs.values():
+        for _, path in sorted(m.runs.items()):
             ev, best = [], []
             for line in (path / "metrics.jsonl").read_text().splitlines():
                 rec = json.loads(line)
                 if "best_opt_mean" in rec:
                     ev.append(rec["evaluations"])
                     best.append(100 * rec["best_opt_mean"])
+            s = read_json(path / "summary.json", "summary")
+            end, final = s.get("opt_evaluations"), s.get("final_opt")
+            if end and final and ev and end > ev[-1]:
+                ev.append(end)
+                best.append(max(best[-1], _test_mean(final)))  # the opt split's mean, in points
             out.setdefault(label, []).append((np.array(ev), np.array(best)))
     return out
 

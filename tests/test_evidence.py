@@ -17,6 +17,7 @@ from safetensors import safe_open
 from cycleqd.archives import CyclicArchives
 from cycleqd.components import FinalSpec
 from cycleqd.evaluation import score_tasks
+from cycleqd.evidence import curves
 from cycleqd.protocols import ItemScores, Measure
 from cycleqd.rundata import load_run
 from cycleqd.searches import LayerCoefficients, Search, run_search
@@ -312,6 +313,14 @@ def test_a_search_run_and_a_sweep_compared_over_seeds(tmp_path: Path):
     assert cm["diff"]["ci"][0] <= cm["diff"]["diff"] <= cm["diff"]["ci"][1]
     assert cm["test_mean"] == pytest.approx(100 * np.mean([np.mean(list(s["final"].values())) for _, s in runs["cmaes"]]))
     assert "search=cmaes" in out.stdout and (tmp_path / "best.png").read_bytes()[:4] == b"\x89PNG"
+    # every curve ends at its run's budget; CycleQD's with its final model's opt mean
+    drawn = curves([sweep])
+    for label, seeds in drawn.items():
+        assert [int(ev[-1]) for ev, _ in seeds] == [9, 9] and all(np.all(np.diff(b) >= 0) for _, b in seeds), label
+    for (_, b), (_, c) in zip(drawn["search=cycleqd"], runs["cycleqd"]):  # seeds 0, 1
+        assert b[-1] == pytest.approx(max(b[-2], 100 * np.mean(list(c["final_opt"].values()))))
+    by_cmaes = main("evidence", str(sweep), "--reference", "search=cmaes")  # a search as the reference: no expert row
+    assert by_cmaes.returncode == 0 and "static: ties" in by_cmaes.stdout and "expert:" not in by_cmaes.stdout, by_cmaes.stderr
     missing = main("evidence", str(sweep), "--reference", "search=nope")
     assert missing.returncode != 0 and "--reference: no method 'search=nope'" in missing.stderr
 
