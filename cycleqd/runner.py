@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import resource
 import time
 from pathlib import Path
@@ -332,24 +331,25 @@ class Run:
         final = self.c.final
         if not final.refine:
             return model
-        from cycleqd.searches import CoefficientSearch, LayerCoefficients, Search
+        from cycleqd.searches import LayerCoefficients, Search, run_search
 
-        space = LayerCoefficients(self.names, self.experts, self.basis)
+        space = LayerCoefficients(self.names, self.experts, self.basis, origin=model)
         search = Search("cmaes", sigma0=final.refine_sigma0, x0=0.0, low=-1.0, high=1.0)
-        loop = CoefficientSearch(search, space.dim, final.refine, self.cfg.seed)
         with Progress("final model: refinement on opt", final.refine, "evaluation") as progress:
-            while not loop.finished:
+
+            def after_round(m: dict) -> None:
+                progress.update(m["evaluations"] - progress.done)
                 self._check_stop()  # a stop resumes from the last checkpoint, which reruns the final phase
-                xs = loop.ask()
-                loop.tell(xs, self.scores([(self.operators.combine([model, space.child(x)], [1.0, 1.0]), "opt") for x in xs]))
-                progress.update(len(xs))
-        before = -math.inf if opt_mean is None else opt_mean
-        applied = loop.best_value > before
-        info["refine"] = {"evaluations": loop.done, "failed": loop.failures, "opt_mean_before": opt_mean, "opt_mean": loop.best_value if math.isfinite(loop.best_value) else None, "applied": applied}
+
+            self._check_stop()
+            x, result, counts = run_search(search, space, self.scores, final.refine, self.cfg.seed, on_batch=after_round)
+        found = None if result is None or isinstance(result, Failure) else mean(result)
+        applied = found is not None and (opt_mean is None or found > opt_mean)
+        info["refine"] = {"evaluations": counts["evaluations"], "failed": counts["failed_evaluations"], "opt_mean_before": opt_mean, "opt_mean": found, "applied": applied}
         if not applied:
             return model
-        info["refine"]["coefficients"] = space.describe(loop.best_x)
-        return self.operators.combine([model, space.child(loop.best_x)], [1.0, 1.0])
+        info["refine"]["coefficients"] = space.describe(x)
+        return space.child(x)
 
     def finish(self, searched: tuple[Any, dict[str, Any]] | None = None) -> dict[str, Any]:
         """Final model, experts and baselines on the test split; then final.safetensors, the

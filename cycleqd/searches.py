@@ -81,10 +81,12 @@ class LayerCoefficients:
         tasks: The experts' tasks, in the run's order.
         experts: Each task's expert task vector.
         basis: The experts' bases (:class:`cycleqd.genome.Basis`) when children are genomes.
+        origin: A model the coordinates are added to (a genome or a task vector, as the
+            children are; None: the base model), for a search around it.
     """
 
-    def __init__(self, tasks: Sequence[str], experts: Mapping[str, TaskVector], basis: Any = None) -> None:
-        self.tasks, self.experts, self.basis = list(tasks), experts, basis
+    def __init__(self, tasks: Sequence[str], experts: Mapping[str, TaskVector], basis: Any = None, origin: Any = None) -> None:
+        self.tasks, self.experts, self.basis, self.origin = list(tasks), experts, basis, origin
         self.groups = list(dict.fromkeys(layer_of(n) for q in self.tasks for n in experts[q]))
         self.dim = len(self.tasks) * len(self.groups)
         self._col = {g: j for j, g in enumerate(self.groups)}
@@ -96,9 +98,11 @@ class LayerCoefficients:
             row = {q: i for i, q in enumerate(self.tasks)}
             for b in self.basis.blocks:
                 c[b.start : b.stop] = x[row[b.task], self._col[layer_of(b.name)]]
-            return c
+            return c if self.origin is None else (self.origin.astype(np.float64) + c).astype(np.float32)
         weights = [{n: float(x[i, self._col[layer_of(n)]]) for n in self.experts[q]} for i, q in enumerate(self.tasks)]
-        return linear_combination([self.experts[q] for q in self.tasks], weights)
+        if self.origin is None:
+            return linear_combination([self.experts[q] for q in self.tasks], weights)
+        return linear_combination([self.origin, *(self.experts[q] for q in self.tasks)], [1.0, *weights])
 
     def describe(self, x: np.ndarray) -> dict[str, dict[str, float]]:
         """``x`` as task → layer group → coefficient (what a summary records)."""

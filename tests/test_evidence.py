@@ -214,19 +214,23 @@ def _layered(seed: int) -> TaskVector:
 REFINE_EXPERTS = {"a": _layered(10), "b": _layered(11)}
 
 
-def _refine(final: FinalSpec, model: TaskVector, before: float | None, target: TaskVector) -> tuple[TaskVector, dict, dict]:
-    """``Run.refine`` over two experts, every task scored by closeness to ``target``."""
+def _refine(final: FinalSpec, model: TaskVector, before: float | None, target: TaskVector, failing: bool = False) -> tuple[TaskVector, dict, Any]:
+    """``Run.refine`` over two experts, every task scored by closeness to ``target`` (or
+    every evaluation failing)."""
+    from cycleqd.protocols import Failure
     from cycleqd.runner import Run
 
     evaluated = []
 
     def scores(items):
         evaluated.extend(items)
+        if failing:
+            return [Failure("raised", None, "boom") for _ in items]
         return [{t: float(torch.exp(-sum(((m[n] - target[n]) ** 2).sum() for n in target) / 50)) for t in REFINE_EXPERTS} for m, _ in items]
 
     run = SimpleNamespace(
         c=SimpleNamespace(final=final), names=list(REFINE_EXPERTS), experts=REFINE_EXPERTS, basis=None, cfg=SimpleNamespace(seed=0),
-        scores=scores, operators=SimpleNamespace(combine=lambda xs, ws: linear_combination(list(xs), list(ws))), _check_stop=lambda: None,
+        scores=scores, _check_stop=lambda: None,
     )  # fmt: skip
     info: dict = {}
     out = Run.refine(run, model, before, info)
@@ -257,6 +261,10 @@ def test_the_refinement_climbs_from_the_chosen_model_and_keeps_only_a_gain():
     kept, info, _ = _refine(final, model, 2.0, target)
     assert kept is model and info["refine"]["applied"] is False and "coefficients" not in info["refine"]
     assert info["refine"]["opt_mean"] < 2.0
+    # every candidate failed: the chosen model is kept, even when it had no opt mean of its own
+    for before in (start, None):
+        kept, info, _ = _refine(final, model, before, target, failing=True)
+        assert kept is model and info["refine"] == {"evaluations": 40, "failed": 40, "opt_mean_before": before, "opt_mean": None, "applied": False}
     # none: nothing evaluated, nothing recorded
     none, info, _ = _refine(FinalSpec("quality", (1.0,)), model, start, target)
     assert none is model and info == {}
