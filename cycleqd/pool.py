@@ -11,6 +11,8 @@
 
 A worker that dies, or hangs past its deadline, is replaced and its child tried once more;
 a second loss is a failed evaluation (``worker_lost`` or ``timeout``), and the run goes on.
+A replacement gets work only once it has started (loaded its model): its start-up is not
+evaluation time, so a slow start on a loaded machine cannot count as a hang.
 """
 
 from __future__ import annotations
@@ -130,6 +132,8 @@ class RayPool:
             and is replaced (None: ``timeout_s`` per task plus a minute).
         max_consecutive_failures: Failed evaluations in a row after which the run stops.
         object_store_mb: Object store of a local Ray (None: Ray's default).
+        start_timeout_s: Seconds a replacement worker may take to start (load its model)
+            before it is replaced in turn; three failed starts in a row stop the run.
     """
 
     needs_local_worker = False
@@ -146,6 +150,7 @@ class RayPool:
         hang_timeout_s: float | None = None,
         max_consecutive_failures: int = 20,
         object_store_mb: int | None = 512,
+        start_timeout_s: float = 600.0,
     ) -> None:
         require(isinstance(num_workers, int) and not isinstance(num_workers, bool) and num_workers >= 1, "num_workers", f"must be a positive integer, got {num_workers!r}")
         require(isinstance(num_gpus, numbers.Real) and not isinstance(num_gpus, bool) and num_gpus >= 0, "num_gpus", f"must be >= 0, got {num_gpus!r}")
@@ -154,6 +159,7 @@ class RayPool:
         require(address is None or isinstance(address, str), "address", f"must be null, auto or a Ray address, got {address!r}")
         for key, v in (("timeout_s", timeout_s), ("hang_timeout_s", hang_timeout_s)):
             require(v is None or (isinstance(v, numbers.Real) and not isinstance(v, bool) and v > 0), key, f"must be a positive number of seconds or null, got {v!r}")
+        require(isinstance(start_timeout_s, numbers.Real) and not isinstance(start_timeout_s, bool) and start_timeout_s > 0, "start_timeout_s", f"must be a positive number of seconds, got {start_timeout_s!r}")
         require(isinstance(max_consecutive_failures, int) and max_consecutive_failures >= 1, "max_consecutive_failures", f"must be a positive integer, got {max_consecutive_failures!r}")
         require(object_store_mb is None or (isinstance(object_store_mb, int) and object_store_mb >= 64), "object_store_mb", f"must be >= 64 or null, got {object_store_mb!r}")
         try:
@@ -165,7 +171,9 @@ class RayPool:
         self.hang_timeout_s = hang_timeout_s
         self.max_consecutive_failures = max_consecutive_failures
         self.object_store_mb = object_store_mb
+        self.start_timeout_s = float(start_timeout_s)
         self.actors: list = []
+        self._starting: dict = {}  # ready ref -> (slot, since, failed starts in a row)
         self.stats = [WorkerStats() for _ in range(num_workers)]
         self._started_ray = False
         self._inflight: dict = {}  # ref -> (slot, key, x, split, started, attempt)
@@ -207,11 +215,12 @@ class RayPool:
                 pass
         self.actors = []
         self._inflight.clear()
+        self._starting.clear()
         if self._started_ray and ray.is_initialized():
             ray.shutdown()
             self._started_ray = False
 
-    def _replace(self, slot: int) -> None:
+    def _replace(self, slot: int, failed_starts: int = 0) -> None:
         import ray
 
         try:
@@ -220,10 +229,19 @@ class RayPool:
             pass
         self.actors[slot] = self._remote.remote(self._spec, self._basis_ref)
         self.stats[slot].restarts += 1
+        # No work until it has started: the first evaluation's deadline would otherwise
+        # include the process start and the model load.
+        self._starting[self.actors[slot].ready.remote()] = (slot, time.perf_counter(), failed_starts)
+
+    def _start_failed(self, ref, why: str) -> None:
+        slot, _, failed = self._starting.pop(ref)
+        if failed + 1 >= 3:
+            raise RuntimeError(f"worker {slot} failed to start 3 times in a row; the last time: {why}")
+        self._replace(slot, failed + 1)
 
     # -- scheduling --------------------------------------------------------------------------
     def _free_slots(self) -> list[int]:
-        busy = {v[0] for v in self._inflight.values()}
+        busy = {v[0] for v in self._inflight.values()} | {v[0] for v in self._starting.values()}
         return [i for i in range(self.num_workers) if i not in busy]
 
     def _dispatch(self) -> None:
@@ -253,16 +271,30 @@ class RayPool:
         from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError, WorkerCrashedError
 
         while not self._done:
-            if not self._inflight:
+            if not self._inflight and not self._starting:
                 raise RuntimeError("next_result() with nothing submitted")
-            now = time.perf_counter()
-            wait = max(0.0, min(v[4] for v in self._inflight.values()) + self._hang - now)
-            ready, _ = ray.wait(list(self._inflight), num_returns=1, timeout=wait)
+            deadlines = {r: v[4] + self._hang for r, v in self._inflight.items()}
+            deadlines.update({r: v[1] + self.start_timeout_s for r, v in self._starting.items()})
+            first = min(deadlines, key=deadlines.__getitem__)
+            wait = max(0.0, deadlines[first] - time.perf_counter())
+            ready, _ = ray.wait(list(deadlines), num_returns=1, timeout=wait)
+            if not ready and first in self._starting:
+                self._start_failed(first, f"not started after {self.start_timeout_s:g} s")
+                continue
             if not ready:  # the oldest evaluation ran past its deadline: its worker hangs
-                ref = min(self._inflight, key=lambda r: self._inflight[r][4])
-                self._lost(ref, "timeout", f"no result after {self._hang:g} s; the worker was replaced")
+                self._lost(first, "timeout", f"no result after {self._hang:g} s; the worker was replaced")
                 continue
             ref = ready[0]
+            if ref in self._starting:
+                try:
+                    ray.get(ref)
+                except Exception as e:  # the model did not load, or the process died starting
+                    last = (str(e).strip().splitlines() or [""])[-1][:300]
+                    self._start_failed(ref, f"{type(e).__name__}: {last}")
+                    continue
+                del self._starting[ref]
+                self._dispatch()
+                continue
             slot, key, x, split, started, attempt = self._inflight[ref]
             try:
                 result, busy, _pid = ray.get(ref)

@@ -5,7 +5,9 @@ environment switches the task's misbehaviour on for every ``every``-th evaluatio
 
 For worker pools, ``WORKER_FAULTS=<file>:<mode>:<n1,n2,...>`` counts evaluations on opt
 across all processes in ``file`` and, at those counts, kills the worker process
-(``die``) or hangs it where no alarm can reach it (``hang``)."""
+(``die``) or hangs it where no alarm can reach it (``hang``). ``WORKER_SLOW_START=<seconds>``
+makes every task built after that count has begun (a replacement worker) take that long to
+start, as a model load on a busy machine does."""
 
 from __future__ import annotations
 
@@ -23,6 +25,12 @@ from tests.plugins.partial_tasks import PartialSorting
 @dataclass
 class FaultySorting(PartialSorting):
     calls: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        delay, faults = os.environ.get("WORKER_SLOW_START"), os.environ.get("WORKER_FAULTS")
+        if delay and faults and os.path.exists(faults.split(":")[0]):
+            time.sleep(float(delay))
 
     def evaluate(self, model, split: str = "opt") -> float:
         _worker_fault(split)
