@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
+TEST_WORKERS ?= 2
 export WANDB_MODE ?= disabled
 
 .PHONY: demo test test-slow bench clean
@@ -31,11 +32,13 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/cycleqd run experiment=demo
 
+# Test files are spread over TEST_WORKERS processes (pytest-xdist), a file's tests on one:
+# the Ray tests of one file never share the machine's Ray with each other.
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/operators.py

@@ -17,6 +17,7 @@ the runner marks with :func:`fault_point`, counts as one *fault point*.
 from __future__ import annotations
 
 import errno
+import fnmatch
 import hashlib
 import json
 import os
@@ -39,7 +40,8 @@ def fault_point(name: str) -> None:
     if not (log or at):
         return
     global _fault_count, _fault_armed, _fault_fired
-    _fault_armed = _fault_armed or name == os.environ.get("CYCLEQD_FAULT_AFTER", name)
+    # CYCLEQD_FAULT_AFTER is a name or a pattern of names ("write elite-*: half written")
+    _fault_armed = _fault_armed or fnmatch.fnmatchcase(name, os.environ.get("CYCLEQD_FAULT_AFTER", "*"))
     if not _fault_armed:
         return
     _fault_count += 1

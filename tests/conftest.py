@@ -1,13 +1,18 @@
 """Shared fixtures: wandb off, and one tiny run made through the real command line."""
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 os.environ["WANDB_MODE"] = "disabled"
+
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    # Each pytest-xdist worker gets its share of the cores, so in-process tests do not
+    # oversubscribe them (the command-line runs the tests start set their own threads).
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 from tests.tiny import tiny_overrides  # noqa: E402
 
@@ -22,11 +27,10 @@ def cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def cli_run(tmp_path_factory, cache) -> Path:
     """One run through the real ``cycleqd run`` command line."""
+    from tests.runs import cli
+
     run_dir = tmp_path_factory.mktemp("cli") / "run"
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    cmd = [sys.executable, "-m", "cycleqd.cli", "run", *tiny_overrides(cache), f"hydra.run.dir={run_dir}"]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = cli("run", *tiny_overrides(cache), f"hydra.run.dir={run_dir}")
     assert "cycleqd (final)" in proc.stdout
     return run_dir
 

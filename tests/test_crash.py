@@ -9,7 +9,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 from cycleqd import checkpoint
 from cycleqd.lock import RunLock
 from tests.conftest import LIVELY_GENERATIONS
-from tests.runs import REPO, cli, one_line_error, run_fingerprint
+from tests.runs import Started, cli, one_line_error, run_fingerprint
 from tests.tiny import lively_overrides
 
 G = LIVELY_GENERATIONS
@@ -28,9 +27,6 @@ def _args(cache: Path, run_dir: Path, genome: bool = False) -> list[str]:
     return [*lively_overrides(cache, G), "checkpoint_every=4", f"genome={str(genome).lower()}", f"hydra.run.dir={run_dir}"]
 
 
-def _start(args: list[str], env: dict) -> subprocess.Popen:
-    env = {**os.environ, "WANDB_MODE": "disabled", **env}
-    return subprocess.Popen([sys.executable, "-m", "cycleqd.cli", *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _last_point(log: Path) -> str:
@@ -59,6 +55,10 @@ def test_killed_at_random_moments_resumes_to_the_uninterrupted_run(tmp_path: Pat
             start = max(done, 0) if step % 3 == 1 else min(done + 4 - done % 4, G - 1)
             env["CYCLEQD_FAULT_AFTER"] = f"generation {rng.randint(start, min(start + 3, G - 1))}" if step else ""
             env["CYCLEQD_FAULT_AT"] = f"{rng.randint(1, 12)}:kill"
+            if step in (1, 3):  # surely one kill inside the checkpoint's write and one inside an elite's
+                stage = rng.choice(["half written", "before rename", "after rename"])
+                env["CYCLEQD_FAULT_AFTER"] = f"write {'state.ckpt' if step == 1 else 'elite-*'}: {stage}"
+                env["CYCLEQD_FAULT_AT"] = "1:kill"
         else:
             env["CYCLEQD_FAULT_AFTER"] = "final: start"
             env["CYCLEQD_FAULT_AT"] = f"{rng.randint(1, 30)}:kill"  # the final phase has 34 fault points
@@ -70,12 +70,12 @@ def test_killed_at_random_moments_resumes_to_the_uninterrupted_run(tmp_path: Pat
             args = ["run", *args]
         if step == 5:  # one kill at a random time instead of a fault point
             del env["CYCLEQD_FAULT_AT"]
-            proc = _start(args, env)
+            proc = Started(args, env)
             time.sleep(rng.uniform(1.0, 5.0))
             proc.kill()
             proc.communicate(timeout=60)
         else:
-            proc = _start(args, env)
+            proc = Started(args, env)
             proc.communicate(timeout=600)
         step += 1
         if proc.returncode == 0:
@@ -143,7 +143,7 @@ def test_a_full_disk_is_named_and_the_run_resumes(tmp_path: Path, cache: Path, l
     assert run_fingerprint(run_dir) == run_fingerprint(lively_genome_run)
 
 
-def _wait_for_generation(run_dir: Path, n: int, proc: subprocess.Popen) -> None:
+def _wait_for_generation(run_dir: Path, n: int, proc: Started) -> None:
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -158,7 +158,7 @@ def test_sigint_and_sigterm_finish_the_generation_and_checkpoint(tmp_path: Path,
     run_dir = tmp_path / "run"
     for sig, step in ((signal.SIGINT, 3), (signal.SIGTERM, 15)):
         args = ["run", *_args(cache, run_dir, genome=True)] if sig == signal.SIGINT else ["resume", str(run_dir)]
-        proc = _start(args, {})
+        proc = Started(args, {})
         _wait_for_generation(run_dir, step, proc)
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=120)
@@ -175,7 +175,7 @@ def test_sigint_and_sigterm_finish_the_generation_and_checkpoint(tmp_path: Path,
 def test_sigint_stops_a_search_after_its_round_with_a_checkpoint(tmp_path: Path, cache: Path):
     run_dir = tmp_path / "run"
     args = ["run", *lively_overrides(cache, 10), "search=cmaes", "search.batch_size=4", "search.evaluations=400", "genome=true", f"hydra.run.dir={run_dir}"]
-    proc = _start(args, {})
+    proc = Started(args, {})
     _wait_for_generation(run_dir, 2, proc)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)

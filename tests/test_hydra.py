@@ -19,7 +19,7 @@ from cycleqd.components import build, build_tasks
 from cycleqd.configs import CONF_DIR
 from cycleqd.errors import ConfigError
 from cycleqd.runner import Run
-from tests.runs import main, one_line_error
+from tests.runs import cli, main, one_line_error
 from tests.tiny import tiny_overrides
 
 REPO = Path(__file__).resolve().parent.parent
@@ -163,8 +163,9 @@ def test_lora_experts_with_different_targets_are_rejected(tmp_path: Path):
         Run(cfg, tmp_path / "run")
 
 
-def _cli(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "disabled", **(env or {})}
+def _python_m_cli(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    """A fresh interpreter: what a user's own PYTHONPATH and working directory give."""
+    env = {**os.environ, "WANDB_MODE": "disabled", **env}
     proc = subprocess.run([sys.executable, "-m", "cycleqd.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -192,7 +193,7 @@ def test_task_plugin_from_outside_the_package(tmp_path: Path):
     )
     run_dir = tmp_path / "run"
     overrides = tiny_overrides(tmp_path / "cache", generations=3, tasks=("addition", "duplicate"))
-    _cli(
+    _python_m_cli(
         "run",
         *overrides,
         "task=[addition,duplicate]",
@@ -208,10 +209,10 @@ def test_task_plugin_from_outside_the_package(tmp_path: Path):
 
 def test_sweep_and_compare(tmp_path: Path):
     sweep = tmp_path / "sweep"
-    _cli("run", "-m", *tiny_overrides(tmp_path / "cache", generations=2), "seed=0,1", f"hydra.sweep.dir={sweep}")
+    cli("run", "-m", *tiny_overrides(tmp_path / "cache", generations=2), "seed=0,1", f"hydra.sweep.dir={sweep}")
     jobs = sorted(p.name for p in sweep.iterdir() if (p / "summary.json").is_file())
     assert jobs == ["0", "1"]
-    out = _cli("compare", str(sweep)).stdout
+    out = cli("compare", str(sweep)).stdout
     assert "seed" in out.splitlines()[0] and "final_mean" in out
     with (sweep / "compare.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -221,7 +222,7 @@ def test_sweep_and_compare(tmp_path: Path):
 
 def test_wandb_offline_writes_the_run(tmp_path: Path):
     run_dir = tmp_path / "run"
-    _cli("run", *tiny_overrides(tmp_path / "cache", generations=2), "logger=wandb", f"hydra.run.dir={run_dir}", env={"WANDB_MODE": "offline"})
+    cli("run", *tiny_overrides(tmp_path / "cache", generations=2), "logger=wandb", f"hydra.run.dir={run_dir}", env={"WANDB_MODE": "offline"})
     runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     assert list(runs[0].glob("*.wandb")), "wandb wrote no run file"
@@ -249,7 +250,7 @@ def test_paper_config_composes_and_validates(tmp_path: Path):
     assert cfg.generations == 1200 and list(cfg.task) == ["coding", "os", "db"]
     assert cfg.task.coding.measure.high == 0.75 and cfg.task.os.measure.bins == 15
     assert cfg.mutation.scale == 0.1 and cfg.crossover.sigma == 0.01
-    out = _cli("run", *overrides, "dry_run=true", f"hydra.run.dir={tmp_path / 'run'}").stdout
+    out = cli("run", *overrides, "dry_run=true", f"hydra.run.dir={tmp_path / 'run'}").stdout
     assert "config valid" in out
     bad = dict(llama, hidden_size=2048)
     (tmp_path / "os" / "config.json").write_text(json.dumps(bad))

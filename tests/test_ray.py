@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from cycleqd import checkpoint
-from tests.runs import REPO, cli, run_fingerprint
+from tests.runs import Started, cli, run_fingerprint
 from tests.tiny import lively_overrides
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs the ray extra")
@@ -116,9 +116,7 @@ def test_dead_and_hung_workers_are_replaced_and_their_child_tried_again(tmp_path
 def test_ctrl_c_checkpoints_and_leaves_no_process(tmp_path: Path, cache: Path):
     run_dir = tmp_path / "run"
     before = _ray_processes()
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    args = [sys.executable, "-m", "cycleqd.cli", "run", *_args(cache, run_dir, "evaluator=ray", "evaluator.mode=async", "children_per_generation=1", generations=30)]
-    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = Started(["run", *_args(cache, run_dir, "evaluator=ray", "evaluator.mode=async", "children_per_generation=1", generations=30)])
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 5):
