@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -32,6 +33,9 @@ def _context():
         _forkserver = multiprocessing.get_context("forkserver")
         # The server only imports, never computes: a fork of it holds no threads or locks.
         _forkserver.set_forkserver_preload(PRELOAD)
+        # A run a failed test left going would hold pytest at exit (multiprocessing joins its
+        # children there); registered after multiprocessing's own exit hook, this runs first.
+        atexit.register(lambda: [p.kill() for p in multiprocessing.active_children()])
     return _forkserver
 
 
