@@ -42,7 +42,6 @@ def _context():
 def _cli_child(args: list[str], env: dict, out: str, err: str) -> None:
     """In the forked process: the environment, directory, output files and exit code that
     ``python -m cycleqd.cli ARGS`` has."""
-    import atexit
     import traceback
 
     os.environ.clear()
