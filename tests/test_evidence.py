@@ -24,7 +24,7 @@ from cycleqd.searches import LayerCoefficients, Search, run_search
 from cycleqd.stats import compare_to, differences, paired_bootstrap
 from cycleqd.taskvector import TaskVector, linear_combination
 from tasks.sorting import Sorting
-from tests.runs import cli, main
+from tests.runs import cli, main, run_fingerprint
 from tests.test_genome import TASKS as GENOME_TASKS
 from tests.test_genome import _setup
 from tests.tiny import lively_overrides, tiny_overrides
@@ -214,9 +214,12 @@ def _layered(seed: int) -> TaskVector:
 REFINE_EXPERTS = {"a": _layered(10), "b": _layered(11)}
 
 
-def _refine(final: FinalSpec, model: TaskVector, before: float | None, target: TaskVector, failing: bool = False) -> tuple[TaskVector, dict, Any]:
+def _refine(
+    final: FinalSpec, model: TaskVector, before: float | None, target: TaskVector, failing: bool = False, info: dict | None = None, log: list | None = None
+) -> tuple[TaskVector, dict, Any]:
     """``Run.refine`` over two experts, every task scored by closeness to ``target`` (or
-    every evaluation failing)."""
+    every evaluation failing), after a search of 7 generations and 30 evaluations whose best
+    mean was 0.05; ``log`` gets the lines the run logs."""
     from cycleqd.protocols import Failure
     from cycleqd.runner import Run
 
@@ -230,9 +233,10 @@ def _refine(final: FinalSpec, model: TaskVector, before: float | None, target: T
 
     run = SimpleNamespace(
         c=SimpleNamespace(final=final), names=list(REFINE_EXPERTS), experts=REFINE_EXPERTS, basis=None, cfg=SimpleNamespace(seed=0),
-        scores=scores, _check_stop=lambda: None,
+        scores=scores, _check_stop=lambda: None, qd=SimpleNamespace(generation=7, evaluations=30), best_opt_mean=0.05, elapsed=1.0,
+        logger=SimpleNamespace(log=(log if log is not None else []).append),
     )  # fmt: skip
-    info: dict = {}
+    info = {} if info is None else info
     out = Run.refine(run, model, before, info)
     assert len(evaluated) == final.refine and {split for _, split in evaluated} <= {"opt"}
     return out, info, scores([(out, "opt")])[0]
@@ -268,6 +272,22 @@ def test_the_refinement_climbs_from_the_chosen_model_and_keeps_only_a_gain():
     # none: nothing evaluated, nothing recorded
     none, info, _ = _refine(FinalSpec("quality", (1.0,)), model, start, target)
     assert none is model and info == {}
+
+
+def test_the_refinement_rounds_continue_the_runs_progress_curve():
+    """Each CMA-ES round is a line of metrics.jsonl after the search's last generation: the
+    run's opt evaluations so far (search, merge scales, rounds) and the best mean so far,
+    which starts from the search's best and a merge scale's."""
+    model, target = _layered(1), _layered(2)
+    log: list = []
+    _, info, _ = _refine(FinalSpec("quality", (1.0, 1.5), refine=14), model, 0.01, target, info={"opt_mean": {1.0: 0.01, 1.5: 0.2}}, log=log)
+    # CMA-ES's population for 6 coefficients is 4 + ⌊3 ln 6⌋ = 9: a round of 9, then the last 5
+    assert info["refine"]["evaluations"] == 14 and [m["round"] for m in log] == [1, 2] and [m["generation"] for m in log] == [7, 8]
+    assert [m["evaluations"] for m in log] == [30 + 2 + 9, 30 + 2 + 14] and [m["refine_evaluations"] for m in log] == [9, 14]
+    assert all(m["phase"] == "refine" for m in log)
+    for m in log:  # the merge's best scale (0.2) is the floor of the curve
+        assert m["best_opt_mean"] == max(0.2, m["refine_best_opt_mean"])
+    assert log[1]["refine_best_opt_mean"] >= log[0]["refine_best_opt_mean"] and log[1]["refine_best_opt_mean"] == info["refine"]["opt_mean"]
 
 
 def test_mean_quality_archives_score_every_elite_by_its_mean():
@@ -401,6 +421,21 @@ def test_a_refined_final_model_is_written_scored_and_counted(tmp_path: Path, cac
             oracle = merge[n] + sum(c[t][layer_of(n)] * experts[t][n] for t in experts if n in experts[t])
             assert torch.allclose(f.get_tensor(n), oracle, atol=1e-5), n
     assert "refined by CMA-ES over per-layer expert coefficients: 6 opt evaluations" in cli("show", str(tmp_path)).stdout
+    # its rounds end the run's progress curve at the run's opt evaluations
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rounds = [m for m in lines if m.get("phase") == "refine"]
+    assert len(lines) == s["generations"] + len(rounds) and rounds[-1]["evaluations"] == s["opt_evaluations"]
+    assert rounds[-1]["refine_evaluations"] == 6 and rounds[-1]["best_opt_mean"] >= r["opt_mean"]
+    [[(ev, best)]] = curves([tmp_path]).values()
+    assert ev[-1] == s["opt_evaluations"] and best[-1] == pytest.approx(100 * rounds[-1]["best_opt_mean"])
+
+    # killed after the refinement and resumed: its rounds are logged once, as in the straight run
+    killed = tmp_path / "killed"
+    args = (*lively_overrides(cache, 2), "final.choice=merge", "final.scales=[0.01]", "final.refine=6", "final.refine_sigma0=0.5", f"hydra.run.dir={killed}")
+    proc = cli("run", *args, env={"CYCLEQD_FAULT_AFTER": "final: scored", "CYCLEQD_FAULT_AT": "1:kill"}, check=False)
+    assert proc.returncode != 0 and not (killed / "summary.json").exists()
+    cli("resume", str(killed))
+    assert run_fingerprint(killed) == run_fingerprint(tmp_path)
 
 
 def test_expert_weights_place_every_elite_of_a_genome_run(lively_genome_run: Path, lively_run: Path):
