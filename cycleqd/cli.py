@@ -312,7 +312,8 @@ def _evaluate(model_dir: str, overrides: list[str], split: str) -> None:
 def _resume(run_dir: str, overrides: list[str]) -> None:
     from omegaconf import OmegaConf
 
-    from cycleqd.runner import load_config, run
+    from cycleqd.configs import load_config
+    from cycleqd.runner import run
 
     cfg = load_config(run_dir)
     if overrides:

@@ -33,7 +33,7 @@ def compare(root: str | Path) -> tuple[list[str], list[list[Any]]]:
     runs = find_runs(Path(root))
     if not runs:
         raise FileNotFoundError(f"no finished runs (summary.json + .hydra/config.yaml) under {str(root)!r}")
-    from cycleqd.runner import load_config
+    from cycleqd.configs import load_config
 
     configs = [_flatten(OmegaConf.to_container(load_config(r))) for r in runs]
     keys = sorted({k for c in configs for k in c})

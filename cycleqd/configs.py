@@ -8,9 +8,9 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from cycleqd.errors import ConfigError
+from cycleqd.errors import ConfigError, DamagedFile
 
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 
@@ -101,3 +101,17 @@ def sweep(overrides: Sequence[str]) -> list[list[str]]:
         return BasicSweeper.split_arguments(parsed, max_batch_size=None)[0]
     except Exception as e:
         raise _hydra_error(e, overrides) from None
+
+
+def load_config(run_dir: str | Path) -> DictConfig:
+    """The resolved config of a run directory (``.hydra/config.yaml``), with named errors."""
+    path = Path(run_dir) / ".hydra" / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(run_dir)!r} has no .hydra/config.yaml: not a cycleqd run directory")
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as e:
+        raise DamagedFile(path, f"not a readable YAML config ({type(e).__name__})") from None
+    if not isinstance(cfg, DictConfig) or "task" not in cfg:
+        raise DamagedFile(path, "not a cycleqd config (no task section)")
+    return cfg

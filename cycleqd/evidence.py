@@ -116,9 +116,10 @@ def curves(roots: list[Path]) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
     """Each method's best mean opt score (points) against evaluations, one curve per seed
     (in seed order).
 
-    A CycleQD run's log ends with its last generation; its final step (the merge's scales,
-    a refinement) spends the rest of its budget, so the curve ends with the final model's
-    opt mean at the run's opt evaluations."""
+    A CycleQD run's log ends with its last generation, or with the rounds of its
+    refinement (``final.refine``); where the final step spent evaluations after the last
+    line (the merge's scales), the curve ends with the final model's opt mean at the run's
+    opt evaluations."""
     out = {}
     for label, m in methods(roots).items():
         for _, path in sorted(m.runs.items()):

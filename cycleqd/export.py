@@ -183,7 +183,7 @@ def _scores(run: RunData, tv: TaskVector) -> dict[str, float]:
     from cycleqd.evaluation import ResidentModel, score_tasks
     from cycleqd.models import HFTextModel, load_model
     from cycleqd.protocols import Failure
-    from cycleqd.runner import load_config
+    from cycleqd.configs import load_config
 
     tasks = build_tasks(load_config(run.run_dir))
     model, tokenizer = load_model(_base_dir(run))

@@ -11,7 +11,8 @@ from cycleqd.fileio import write_text
 
 
 class JsonlLogger:
-    """Appends one JSON object per generation to ``<run_dir>/metrics.jsonl``."""
+    """Appends one JSON object per generation (or per round of a refinement or a comparison
+    search) to ``<run_dir>/metrics.jsonl``."""
 
     def __init__(self, run_dir: str | Path | None = None) -> None:
         self.path = Path(run_dir or ".") / "metrics.jsonl"

@@ -28,6 +28,7 @@ from cycleqd import checkpoint
 from cycleqd.archives import range_warnings
 from cycleqd.baselines import mean, static_merges
 from cycleqd.components import Components, build
+from cycleqd.configs import load_config  # noqa: F401  (its old home: notebooks import it from here)
 from cycleqd.embedded import cache_root
 from cycleqd.errors import ConfigError, DamagedFile, EvaluationFailed, RunInterrupted, TooManyFailures
 from cycleqd.evolve import CycleQD
@@ -569,18 +570,3 @@ def _search(r: Run, ckpt: checkpoint.Checkpoint | None) -> dict[str, Any]:
         raise EvaluationFailed(f"search={search.name}: every one of {budget} candidates failed on the opt split")
     info = {"search": search.name, "coefficients": space.describe(loop.best_x), "opt_mean": loop.best_value, **loop.counts()}
     return r.finish((space.child(loop.best_x), info))
-
-
-def load_config(run_dir: str | Path) -> DictConfig:
-    """The resolved config of a run directory (``.hydra/config.yaml``), with named errors."""
-    path = Path(run_dir) / ".hydra" / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{str(run_dir)!r} has no .hydra/config.yaml: not a cycleqd run directory")
-    try:
-        cfg = OmegaConf.load(path)
-    except Exception as e:
-        raise DamagedFile(path, f"not a readable YAML config ({type(e).__name__})") from None
-    if not isinstance(cfg, DictConfig) or "task" not in cfg:
-        raise DamagedFile(path, "not a cycleqd config (no task section)")
-    return cfg
-

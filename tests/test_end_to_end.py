@@ -86,6 +86,25 @@ def test_show_prints_the_table(cli_run: Path):
         assert f"descriptor range: {line}" in out
 
 
+def test_help_show_and_compare_import_no_model_or_archive_library(cli_run: Path, tmp_path: Path):
+    """pyribs, torch and transformers take seconds to import; `cycleqd --help`, `show` and
+    `compare` need none of them, and the package's public names still load on first use."""
+    code = f"""
+import contextlib, io, sys
+import cycleqd
+from cycleqd.cli import main
+with contextlib.redirect_stdout(io.StringIO()) as out:
+    main(["--help"]); main(["show", {str(cli_run)!r}]); main(["compare", {str(cli_run.parent)!r}, "--csv", {str(tmp_path / "c.csv")!r}])
+heavy = sorted(m for m in ("ribs", "torch", "transformers", "peft") if m in sys.modules)
+from cycleqd import CyclicArchives, load_run
+print(heavy, "cycleqd (final)" in out.getvalue(), load_run.__module__, CyclicArchives.__module__, "ribs" in sys.modules)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("\n")[-2] == "[] True cycleqd.rundata cycleqd.archives True"
+    assert (tmp_path / "c.csv").is_file()
+
+
 def test_show_rejects_a_directory_without_summary(tmp_path: Path):
     proc = subprocess.run([sys.executable, "-m", "cycleqd.cli", "show", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode != 0 and "summary.json" in proc.stderr
