@@ -44,6 +44,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/operators.py
 	$(BIN)/python benchmarks/genome.py
 	$(BIN)/python benchmarks/pool.py
+	$(BIN)/python benchmarks/startup.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
