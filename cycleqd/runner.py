@@ -13,6 +13,7 @@ at any moment resumes to the result an uninterrupted run gives.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import resource
@@ -338,9 +339,10 @@ class Run:
         search = Search("cmaes", sigma0=final.refine_sigma0, x0=0.0, low=-1.0, high=1.0)
         # The rounds continue the run's progress curve: evaluations and best mean count from
         # the search and the merge's scales before them.
-        scales = [v for v in info.get("opt_mean", {}).values() if v is not None]
-        before = {"evaluations": self.qd.evaluations + len(info.get("opt_mean", {})), "best": max([self.best_opt_mean, *scales])}
-        rounds = iter(range(final.refine))
+        scale_means = info.get("opt_mean", {})
+        evaluations_before = self.qd.evaluations + len(scale_means)
+        best_before = max([self.best_opt_mean, *(v for v in scale_means.values() if v is not None)])
+        rounds = itertools.count()
         with Progress("final model: refinement on opt", final.refine, "evaluation") as progress:
 
             def after_round(m: dict) -> None:
@@ -349,8 +351,8 @@ class Run:
                 # Lines keyed after the last generation, so a resume (which reruns the final phase) drops them.
                 self.logger.log({
                     "phase": "refine", "generation": self.qd.generation + k, "round": k + 1,
-                    "evaluations": before["evaluations"] + m["evaluations"], "refine_evaluations": m["evaluations"],
-                    "best_opt_mean": max(before["best"], m["best_opt_mean"]), "refine_best_opt_mean": m["best_opt_mean"],
+                    "evaluations": evaluations_before + m["evaluations"], "refine_evaluations": m["evaluations"],
+                    "best_opt_mean": max(best_before, m["best_opt_mean"]), "refine_best_opt_mean": m["best_opt_mean"],
                     "batch_opt_mean": m["batch_opt_mean"], "failed": m["failed"], "elapsed_s": self.elapsed,
                 })  # fmt: skip
                 self._check_stop()  # a stop resumes from the last checkpoint, which reruns the final phase
