@@ -13,6 +13,8 @@ A worker that dies, or hangs past its deadline, is replaced and its child tried 
 a second loss is a failed evaluation (``worker_lost`` or ``timeout``), and the run goes on.
 A replacement gets work only once it has started (loaded its model): its start-up is not
 evaluation time, so a slow start on a loaded machine cannot count as a hang.
+A pool that started its own Ray leaves no process behind: at close it waits for its
+workers' processes to end, and kills those that outlive Ray's shutdown.
 """
 
 from __future__ import annotations
@@ -113,8 +115,32 @@ class _Actor:
     def run(self, x: Any, split: str):
         return self.worker.run(x, split)
 
-    def ready(self) -> bool:
-        return True
+    def ready(self) -> int:
+        return os.getpid()
+
+
+def _end_processes(processes: Sequence, grace_s: float) -> None:
+    """Wait up to ``grace_s`` for ``processes`` (psutil) to end, then kill the rest."""
+    import psutil
+
+    def running(p) -> bool:
+        try:  # a zombie has ended: only its parent (Ray's, gone) could reap it
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    def wait(ps: list) -> list:
+        deadline = time.monotonic() + grace_s
+        while (ps := [p for p in ps if running(p)]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return ps
+
+    for p in wait(list(processes)):
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    wait(list(processes))
 
 
 class RayPool:
@@ -137,6 +163,8 @@ class RayPool:
     """
 
     needs_local_worker = False
+    #: Seconds the workers of a local Ray get to exit after its shutdown before they are killed.
+    EXIT_GRACE_S = 10.0
 
     def __init__(
         self,
@@ -176,6 +204,7 @@ class RayPool:
         self._starting: dict = {}  # ready ref -> (slot, since, failed starts in a row)
         self.stats = [WorkerStats() for _ in range(num_workers)]
         self._started_ray = False
+        self._processes: list = []  # psutil.Process of each worker a local Ray started, replaced ones too
         self._inflight: dict = {}  # ref -> (slot, key, x, split, started, attempt)
         self._queue: collections.deque = collections.deque()
         self._done: collections.deque = collections.deque()
@@ -201,7 +230,8 @@ class RayPool:
         self._spec, self._basis_ref = spec, (ray.put(basis) if basis is not None else None)
         self._remote = ray.remote(num_cpus=self.threads, num_gpus=self.num_gpus)(_Actor)
         self.actors = [self._remote.remote(self._spec, self._basis_ref) for _ in range(self.num_workers)]
-        ray.get([a.ready.remote() for a in self.actors])  # built: load time is not evaluation time
+        pids = ray.get([a.ready.remote() for a in self.actors])  # built: load time is not evaluation time
+        self._track(pids)
         self.t_start = time.perf_counter()
 
     def close(self) -> None:
@@ -219,6 +249,21 @@ class RayPool:
         if self._started_ray and ray.is_initialized():
             ray.shutdown()
             self._started_ray = False
+        _end_processes(self._processes, self.EXIT_GRACE_S)
+        self._processes = []
+
+    def _track(self, pids: Sequence[int]) -> None:
+        """Remember the workers' processes when they run on this machine, in a Ray this pool
+        started: Ray ends them asynchronously, and on a loaded machine one outlived its shutdown."""
+        import psutil
+
+        if not (self._started_ray and self.address is None):
+            return
+        for pid in pids:
+            try:
+                self._processes.append(psutil.Process(pid))  # keeps its start time: a reused pid is not it
+            except psutil.NoSuchProcess:
+                pass
 
     def _replace(self, slot: int, failed_starts: int = 0) -> None:
         import ray
@@ -287,11 +332,12 @@ class RayPool:
             ref = ready[0]
             if ref in self._starting:
                 try:
-                    ray.get(ref)
+                    pid = ray.get(ref)
                 except Exception as e:  # the model did not load, or the process died starting
                     last = (str(e).strip().splitlines() or [""])[-1][:300]
                     self._start_failed(ref, f"{type(e).__name__}: {last}")
                     continue
+                self._track([pid])
                 del self._starting[ref]
                 self._dispatch()
                 continue

@@ -69,6 +69,28 @@ def test_sync_pool_is_the_local_run(ray_sync: Path, tmp_path: Path, cache: Path)
     assert sum(metrics[-1]["workers"]["evaluations"]) == json.loads((ray_sync / "summary.json").read_text())["evaluations"]
 
 
+def test_close_ends_every_worker_process_even_one_that_outlives_ray(ray_sync: Path, cache: Path):
+    """A worker process that Ray's shutdown does not end (one was left on a loaded machine)
+    is killed by the pool's close; the actors' own processes are gone too."""
+    import psutil
+
+    from cycleqd.pool import RayPool
+    from cycleqd.workers import WorkerSpec
+
+    base = next(cache.glob("base-*"))  # built by ray_sync's run
+    pool = RayPool(num_workers=1)
+    pool.start(None, WorkerSpec(str(base), "cpu", 1, 8, {}, (), None), None)
+    actors = list(pool._processes)
+    assert len(actors) == 1 and actors[0].cmdline()[0].startswith("ray::_Actor")
+    # Stands in for the worker that outlived Ray: it ignores SIGTERM and is no Ray child.
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
+    pool._processes.append(psutil.Process(stubborn.pid))
+    t0 = time.monotonic()
+    pool.close()
+    assert stubborn.wait(timeout=5) == -signal.SIGKILL and time.monotonic() - t0 < 2 * RayPool.EXIT_GRACE_S + 5
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in actors)
+
+
 @pytest.mark.slow  # Ray's processes start and stop several times: about 35–65 s each
 def test_driver_killed_mid_run_resumes_to_the_same_run(ray_sync: Path, tmp_path: Path, cache: Path):
     run_dir = tmp_path / "run"
