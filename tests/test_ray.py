@@ -84,10 +84,13 @@ def test_close_ends_every_worker_process_even_one_that_outlives_ray(ray_sync: Pa
     assert len(actors) == 1 and actors[0].cmdline()[0].startswith("ray::_Actor")
     # Stands in for the worker that outlived Ray: it ignores SIGTERM and is no Ray child.
     stubborn = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
-    pool._processes.append(psutil.Process(stubborn.pid))
-    t0 = time.monotonic()
-    pool.close()
-    assert stubborn.wait(timeout=5) == -signal.SIGKILL and time.monotonic() - t0 < 2 * RayPool.EXIT_GRACE_S + 5
+    try:
+        pool._processes.append(psutil.Process(stubborn.pid))
+        t0 = time.monotonic()
+        pool.close()
+        assert stubborn.wait(timeout=5) == -signal.SIGKILL and time.monotonic() - t0 < 2 * RayPool.EXIT_GRACE_S + 5
+    finally:
+        stubborn.kill()
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in actors)
 
 
