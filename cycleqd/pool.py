@@ -20,6 +20,7 @@ workers' processes to end, and kills those that outlive Ray's shutdown.
 from __future__ import annotations
 
 import collections
+import logging
 import numbers
 import os
 import sys
@@ -30,6 +31,8 @@ from typing import Any, Sequence
 from cycleqd.checks import require
 from cycleqd.errors import ConfigError
 from cycleqd.protocols import Failure, Result
+
+log = logging.getLogger(__name__)
 
 
 class LocalEvaluator:
@@ -280,6 +283,7 @@ class RayPool:
 
     def _start_failed(self, ref, why: str) -> None:
         slot, _, failed = self._starting.pop(ref)
+        log.warning("worker %d failed to start (%s); starting it again", slot, why)
         if failed + 1 >= 3:
             raise RuntimeError(f"worker {slot} failed to start 3 times in a row; the last time: {why}")
         self._replace(slot, failed + 1)
@@ -361,6 +365,10 @@ class RayPool:
 
     def _lost(self, ref, reason: str, message: str) -> None:
         slot, key, x, split, started, attempt = self._inflight.pop(ref)
+        # A replacement costs a process start and a model load: at scale the operator wants
+        # to see each one and why, not only the count in the metrics.
+        then = "its evaluation is tried once more" if attempt < 1 else "its evaluation counts as failed"
+        log.warning("worker %d (%s evaluation): %s; %s", slot, split, message, then)
         self._replace(slot)
         if attempt < 1:
             self._queue.appendleft((key, x, split, attempt + 1))  # once more, first in line

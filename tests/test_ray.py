@@ -88,7 +88,8 @@ def test_close_ends_every_worker_process_even_one_that_outlives_ray(ray_sync: Pa
         pool._processes.append(psutil.Process(stubborn.pid))
         t0 = time.monotonic()
         pool.close()
-        assert stubborn.wait(timeout=5) == -signal.SIGKILL and time.monotonic() - t0 < 2 * RayPool.EXIT_GRACE_S + 5
+        # bounded by the grace, plus Ray's shutdown: seconds here, up to a minute on a loaded machine
+        assert stubborn.wait(timeout=5) == -signal.SIGKILL and time.monotonic() - t0 < 2 * RayPool.EXIT_GRACE_S + 60
     finally:
         stubborn.kill()
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in actors)
@@ -131,6 +132,8 @@ def test_dead_and_hung_workers_are_replaced_and_their_child_tried_again(tmp_path
     assert [f["reason"] for f in failures] == ["worker_lost"]
     workers = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["workers"]
     assert sum(workers["restarts"]) == 3
+    log = (run_dir / "cli.log").read_text()  # each replacement is logged with its reason and what became of the child
+    assert log.count("and was replaced; its evaluation is tried once more") == 2 and log.count("and was replaced; its evaluation counts as failed") == 1
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["failures"] == {"count": 1, "by_reason": {"worker_lost": 1}} and summary["generations"] == G
 
@@ -138,10 +141,13 @@ def test_dead_and_hung_workers_are_replaced_and_their_child_tried_again(tmp_path
     # count against the retried child's deadline (it did, and every retry timed out in turn).
     hung = tmp_path / "hung"
     env = {"WORKER_FAULTS": f"{tmp_path / 'count2'}:hang:5", "WORKER_SLOW_START": "20"}
-    t0 = time.perf_counter()
-    cli("run", *_args(cache, hung, "evaluator=ray", sorting, "evaluator.hang_timeout_s=15", generations=4), env=env)
+    # about a minute alone, 370 s on a loaded machine. Without the configured deadline
+    # the hang would last the default three hours, far past this timeout.
+    cli("run", *_args(cache, hung, "evaluator=ray", sorting, "evaluator.hang_timeout_s=15", generations=4), env=env, timeout=1200)
+    replaced = [line.split(" - ", 1)[1] for line in (hung / "cli.log").read_text().splitlines() if "[cycleqd.pool][WARNING]" in line]
+    assert len(replaced) == 1 and replaced[0].endswith("(opt evaluation): no result after 15 s; the worker was replaced; its evaluation is tried once more"), replaced
     workers = json.loads((hung / "metrics.jsonl").read_text().splitlines()[-1])["workers"]
-    assert sum(workers["restarts"]) == 1 and time.perf_counter() - t0 < 300  # not the default hour
+    assert sum(workers["restarts"]) == 1
     assert json.loads((hung / "summary.json").read_text())["failures"]["count"] == 0  # the retry succeeded
 
 
