@@ -60,7 +60,7 @@ def test_a_misbehaving_task_is_a_recorded_failure(tmp_path: Path, cache: Path, m
     assert not {f["child"] for f in failures} & _elite_ids(tmp_path / "run")  # never an elite
     assert all(0.0 <= v <= 1.0 for v in summary["final"].values())
     if mode == "hang":
-        assert time.perf_counter() - t0 < 60  # four 0.5 s timeouts, not four hours
+        assert time.perf_counter() - t0 < 600  # four 0.5 s timeouts, not four hours (wide: a loaded machine is slow)
 
 
 def test_a_run_whose_experts_all_fail_stops_with_a_named_error(tmp_path: Path, cache: Path, monkeypatch):

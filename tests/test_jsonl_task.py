@@ -90,7 +90,7 @@ def test_generated_code_is_contained_and_scored_zero(tmp_path: Path, what: str):
     start = time.perf_counter()
     score = task.evaluate(Canned({"bad": code, "good": "def add(a, b):\n    return a + b"}), "opt")
     assert score == 0.5  # the misbehaving item scores 0, the good one 1
-    assert time.perf_counter() - start < 30
+    assert time.perf_counter() - start < 120  # stopped by timeout_s=3, not run on (wide: a loaded machine is slow)
     assert not outside.exists() and victim.read_text() == "keep me"
 
 
