@@ -12,6 +12,7 @@ a population of fixed size and no cells at all).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -51,9 +52,12 @@ def range_warnings(measures: Mapping[str, Measure], scores: Mapping[str, Mapping
             end = measure.outside(utility) if measure is not None else None
             if end is None:
                 continue
-            key = f"task.{task}.measure.{end}={getattr(measure, end):g}"
-            lines.append(f"{model} scores {100 * utility:.1f} on {task}, {'above' if end == 'high' else 'below'} {key}: the other archives "
-                         f"put all such models in their {'last' if end == 'high' else 'first'} {task} bin and keep only the best of them at their own task")
+            key = f"task.{task}.measure.{end}"
+            # the nearest multiple of 0.05 past the score, inside [0, 1]: a range to copy
+            cover = min(1.0, math.ceil(utility * 20 - 1e-9) / 20) if end == "high" else max(0.0, math.floor(utility * 20 + 1e-9) / 20)
+            lines.append(f"{model} scores {100 * utility:.1f} on {task}, {'above' if end == 'high' else 'below'} {key}={getattr(measure, end):g}: "
+                         f"the other archives put all such models in their {'last' if end == 'high' else 'first'} {task} bin and keep only "
+                         f"the best of them at their own task; {key}={cover:g} covers it")
     return lines
 
 

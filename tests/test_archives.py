@@ -115,10 +115,14 @@ def test_range_warnings_name_the_bound_a_score_passes():
     lines = range_warnings(measures, scores)
     assert lines == [
         "expert a scores 66.4 on addition, above task.addition.measure.high=0.5: the other archives put all such "
-        "models in their last addition bin and keep only the best of them at their own task",
+        "models in their last addition bin and keep only the best of them at their own task; task.addition.measure.high=0.7 covers it",
         "expert b scores 42.0 on sorting, below task.sorting.measure.low=0.5: the other archives put all such "
-        "models in their first sorting bin and keep only the best of them at their own task",
+        "models in their first sorting bin and keep only the best of them at their own task; task.sorting.measure.low=0.4 covers it",
     ]
+    # the range it proposes is a multiple of 0.05 past the score, never past [0, 1]
+    at_edges = range_warnings(measures, {"e": {"addition": 0.65, "sorting": 0.0}, "f": {"addition": 0.9999}})
+    assert [line.rsplit("; ", 1)[1] for line in at_edges] == [
+        "task.addition.measure.high=0.65 covers it", "task.sorting.measure.low=0 covers it", "task.addition.measure.high=1 covers it"]
     # a lower-is-better score's utility is clipped into its range: like its mirror, never outside
     assert [loss.outside(loss.utility(x)) for x in (0.5, 1.0, 3.0, 4.0)] == [None] * 4
     assert range_warnings(measures, {"inside": {"addition": 0.25, "sorting": 0.75, "loss": loss.utility(2.0)}}) == []
