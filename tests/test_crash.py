@@ -70,8 +70,16 @@ def test_killed_at_random_moments_resumes_to_the_uninterrupted_run(tmp_path: Pat
             args = ["run", *args]
         if step == 5:  # one kill at a random time instead of a fault point
             del env["CYCLEQD_FAULT_AT"]
+            env.pop("CYCLEQD_FAULT_AFTER", None)
             proc = Started(args, env)
-            time.sleep(rng.uniform(1.0, 5.0))
+            # Sent from outside once the run has passed a random number of fault points (of the
+            # ≈200 this resume passes), it lands between two of them, inside the run however fast
+            # the machine: a 1-5 s sleep from the start outlasted a whole resume (≈4 s) on a fast one.
+            passed, started = rng.randint(1, 120), time.time()
+            while proc.poll() is None and time.time() - started < 300:
+                if log.is_file() and log.read_text().count("\n") >= passed:
+                    break
+                time.sleep(0.01)
             proc.kill()
             proc.communicate(timeout=60)
         else:
