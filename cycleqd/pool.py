@@ -283,9 +283,9 @@ class RayPool:
 
     def _start_failed(self, ref, why: str) -> None:
         slot, _, failed = self._starting.pop(ref)
-        log.warning("worker %d failed to start (%s); starting it again", slot, why)
         if failed + 1 >= 3:
             raise RuntimeError(f"worker {slot} failed to start 3 times in a row; the last time: {why}")
+        log.warning("worker %d failed to start (%s); starting it again", slot, why)
         self._replace(slot, failed + 1)
 
     # -- scheduling --------------------------------------------------------------------------
