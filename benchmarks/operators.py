@@ -11,9 +11,9 @@ import time
 
 import torch
 
-from cycleqd.crossover import MergeCrossover
-from cycleqd.mutation import SVDMutation, expert_svds, svd_dense, svd_lowrank
-from cycleqd.taskvector import LowRank, TaskVector
+from cycleqd.core.crossover import MergeCrossover
+from cycleqd.core.mutation import SVDMutation, expert_svds, svd_dense, svd_lowrank
+from cycleqd.core.taskvector import LowRank, TaskVector
 
 
 def timed(fn, repeats: int) -> float:

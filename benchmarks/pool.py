@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from cycleqd.configs import compose
-from cycleqd.runner import Run
+from cycleqd.run.configs import compose
+from cycleqd.run.runner import Run
 
 
 def children(run: Run, n: int) -> list:

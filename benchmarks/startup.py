@@ -1,6 +1,6 @@
 """Start-up time of the ``cycleqd`` commands that only read files (``--help``, ``show``,
 ``compare``), side by side in one run with the imports a search needs (``cycleqd run``
-imports ``cycleqd.runner`` before any work) and with ``import ribs`` alone.
+imports ``cycleqd.run.runner`` before any work) and with ``import ribs`` alone.
 
     python benchmarks/startup.py [--run RUN_DIR] [--repeats 5]
 
@@ -53,12 +53,12 @@ def main() -> None:
             ("cycleqd --help", cli.format(["--help"])),
             ("cycleqd show RUN", cli.format(["show", str(run_dir)])),
             ("cycleqd compare SWEEP", cli.format(["compare", str(run_dir.parent), "--csv", f"{tmp}/compare.csv"])),
-            ("import cycleqd.runner (what run needs)", "import cycleqd.runner"),
+            ("import cycleqd.run.runner (what run needs)", "import cycleqd.run.runner"),
             ("import ribs", "import ribs"),
             ("python -c pass", "pass"),
         ]
         measured = [(label, seconds(code, args.repeats)) for label, code in rows]
-    reference = dict(measured)["import cycleqd.runner (what run needs)"]
+    reference = dict(measured)["import cycleqd.run.runner (what run needs)"]
     print(f"median of {args.repeats} fresh interpreters")
     print(f"{'command':40s}{'seconds':>10s}{'/ runner import':>17s}")
     for label, s in measured:

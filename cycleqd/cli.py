@@ -22,8 +22,9 @@ import os
 import sys
 from pathlib import Path
 
-from cycleqd.configs import CONF_DIR, compose, sweep
+from cycleqd.run.configs import CONF_DIR, compose, sweep
 from cycleqd.errors import ConfigError, CycleQDError
+from cycleqd.protocols import mean_score
 
 # Hydra's flags: those that take a value, and those that make it print instead of run.
 _VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c", "--package", "-p", "--experimental-rerun"}
@@ -51,8 +52,8 @@ def _split_hydra_args(args: list[str]) -> tuple[dict[str, str | None], list[str]
 def _check_run_args(args: list[str]) -> bool:
     """Compose and check every job of ``cycleqd run args`` before Hydra creates anything.
     Returns True when the command was a dry run (nothing more to do)."""
-    from cycleqd.components import build
-    from cycleqd.lock import in_use_message, is_locked
+    from cycleqd.run.components import build
+    from cycleqd.run.lock import in_use_message, is_locked
 
     flags, overrides = _split_hydra_args(args)
     if any(f in _PRINT_FLAGS for f in flags) or {"--config-path", "-cp", "--config-dir", "-cd", "--experimental-rerun"} & set(flags):
@@ -93,11 +94,11 @@ def _hydra_run(args: list[str]) -> None:
 
     @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
     def app(cfg: DictConfig) -> None:
-        from cycleqd.runner import run
+        from cycleqd.run.runner import run
 
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         if cfg.dry_run:
-            from cycleqd.components import build
+            from cycleqd.run.components import build
 
             build(cfg)
             print(f"config valid: {list(cfg.task)}")
@@ -135,9 +136,8 @@ def _score_cells(s: dict | None, tasks: list[str], lower: dict | None = None) ->
     lower = lower or {}
     if not s:
         return "".join("—".rjust(11) for _ in tasks) + "—".rjust(9)
-    mean = sum(s[t] for t in tasks) / len(tasks)
     cells = "".join(f"{lower[t].score(s[t]):11.4g}" if t in lower else f"{100 * s[t]:11.1f}" for t in tasks)
-    return cells + f"{100 * mean:9.1f}"
+    return cells + f"{100 * mean_score(s, tasks):9.1f}"
 
 
 def _difference(d: dict | None) -> str:
@@ -228,7 +228,7 @@ def _show(run_dir: str) -> None:
 
 
 def _compare(sweep_dir: str, csv_path: str | None, by: str | None = None) -> None:
-    from cycleqd.compare import aggregate, compare, format_table, write_csv
+    from cycleqd.analysis.compare import aggregate, compare, format_table, write_csv
 
     header, rows = compare(sweep_dir)
     if by:
@@ -240,7 +240,7 @@ def _compare(sweep_dir: str, csv_path: str | None, by: str | None = None) -> Non
 
 
 def _evidence(args) -> None:
-    from cycleqd.evidence import format_rows, plot, table
+    from cycleqd.analysis.evidence import format_rows, plot, table
     from cycleqd.fileio import write_json
 
     roots = [Path(r) for r in args.roots]
@@ -253,8 +253,8 @@ def _evidence(args) -> None:
 
 
 def _select(args) -> None:
-    from cycleqd.rundata import load_run
-    from cycleqd.select import select_elites
+    from cycleqd.analysis.rundata import load_run
+    from cycleqd.analysis.selection import select_elites
 
     run = load_run(args.run_dir)
     cell = tuple(int(c) for c in args.cell.split(",")) if args.cell else None
@@ -267,9 +267,9 @@ def _select(args) -> None:
 def _baselines(overrides: list[str]) -> None:
     import tempfile
 
-    from cycleqd.baselines import static_merges
+    from cycleqd.core.baselines import static_merges
     from cycleqd.protocols import Failure
-    from cycleqd.runner import Run
+    from cycleqd.run.runner import Run
 
     cfg = compose(overrides)
     with tempfile.TemporaryDirectory() as tmp:
@@ -295,8 +295,8 @@ def _baselines(overrides: list[str]) -> None:
 
 
 def _evaluate(model_dir: str, overrides: list[str], split: str) -> None:
-    from cycleqd.components import build_tasks
-    from cycleqd.evaluation import evaluate_model
+    from cycleqd.run.components import build_tasks
+    from cycleqd.evaluation.scoring import evaluate_model
 
     cfg = compose(overrides)
     tasks = build_tasks(cfg)
@@ -312,8 +312,8 @@ def _evaluate(model_dir: str, overrides: list[str], split: str) -> None:
 def _resume(run_dir: str, overrides: list[str]) -> None:
     from omegaconf import OmegaConf
 
-    from cycleqd.configs import load_config
-    from cycleqd.runner import run
+    from cycleqd.run.configs import load_config
+    from cycleqd.run.runner import run
 
     cfg = load_config(run_dir)
     if overrides:
@@ -361,7 +361,7 @@ def _parser(cmd: str, rest: list[str]) -> argparse.Namespace:
 
 
 def _export(args) -> None:
-    from cycleqd.export import export
+    from cycleqd.analysis.export import export
 
     out = export(args.run_dir, args.elite, args.format, args.out, args.rank)
     print(f"written: {out}")

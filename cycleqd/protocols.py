@@ -144,3 +144,10 @@ class ItemScores(dict):
 
 Scores = Mapping[str, float]
 Result = Union[Scores, Failure]
+
+
+def mean_score(scores: Scores, tasks: Sequence[str] | None = None) -> float:
+    """The mean over tasks of ``scores`` (over ``tasks`` only, where given): the one number a
+    model's scores are ranked by wherever a single number is needed."""
+    names = list(scores) if tasks is None else list(tasks)
+    return sum(scores[t] for t in names) / len(names)

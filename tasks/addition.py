@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass
 
 from cycleqd.checks import require
-from tasks.base import SyntheticTask
+from cycleqd.tasks.base import SyntheticTask
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Tasks from a JSONL file of your own: one item a line, ``{"split": "opt"|"test",
 "prompt": ..., "answer": ...}`` scored by exact match, or ``{"split", "prompt",
 "tests"}`` scored by running the generated Python code followed by ``tests`` (asserts)
-in a contained interpreter (MBPP-style pass@1; see :mod:`cycleqd.sandbox`)."""
+in a contained interpreter (MBPP-style pass@1; see :mod:`cycleqd.evaluation.sandbox`)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from pathlib import Path
 from cycleqd.checks import check_fields, require
 from cycleqd.errors import ConfigError
 from cycleqd.protocols import ItemTask, Measure, TextModel
-from cycleqd.sandbox import Limits, run_python
-from tasks.base import SPLITS
+from cycleqd.evaluation.sandbox import Limits, run_python
+from cycleqd.tasks.base import SPLITS
 
 
 @dataclass

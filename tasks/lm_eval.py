@@ -4,7 +4,7 @@ object the loop writes candidates into; nothing is reloaded per candidate).
 
     task:
       arith:
-        _target_: tasks.lm_eval.LmEvalTask
+        _target_: cycleqd.tasks.lm_eval.LmEvalTask
         name: arith
         task: my_arith              # an lm-eval task name (or the path of its YAML)
         include_path: my_tasks/     # a folder of task YAMLs, searched before lm-eval's own
@@ -94,7 +94,7 @@ class LmEvalTask(ItemTask):
         try:
             from lm_eval.tasks import TaskManager
         except ImportError:
-            raise ConfigError("_target_", "tasks.lm_eval.LmEvalTask needs lm-eval: pip install -e '.[lm-eval]'") from None
+            raise ConfigError("_target_", "cycleqd.tasks.lm_eval.LmEvalTask needs lm-eval: pip install -e '.[lm-eval]'") from None
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
         with _quiet():
             manager = TaskManager(include_path=self.include_path, include_defaults=False) if self.include_path else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from tasks.base import StringTask
+from cycleqd.tasks.base import StringTask
 
 
 @dataclass

@@ -17,10 +17,10 @@ TIMING = ("seconds", "evaluations_per_s", "elapsed_s", "workers", "in_flight", "
 # What a run imports: a process that has them forks each command-line run instead of
 # starting an interpreter that imports them again (about 10 s of a 25 s tiny run on 2 cores).
 PRELOAD = [
-    "cycleqd", "cycleqd.cli", "cycleqd.runner", "cycleqd.components", "cycleqd.embedded", "cycleqd.configs",
+    "cycleqd", "cycleqd.cli", "cycleqd.run.runner", "cycleqd.run.components", "cycleqd.models.embedded", "cycleqd.run.configs",
     "hydra", "omegaconf", "matplotlib.pyplot", "ribs.visualize", "tabulate", "peft", "safetensors.torch",
     "transformers.masking_utils", "transformers.modeling_layers", "transformers.utils.type_validators",
-    "transformers.models.llama.modeling_llama", "tasks.base", "tasks.addition", "tasks.reversal", "tasks.sorting",
+    "transformers.models.llama.modeling_llama", "cycleqd.tasks.base", "cycleqd.tasks.addition", "cycleqd.tasks.reversal", "cycleqd.tasks.sorting",
 ]
 _forkserver = None
 

@@ -1,4 +1,4 @@
-"""Unit tests of cycleqd.archives.CyclicArchives (pyribs GridArchive per task)."""
+"""Unit tests of cycleqd.core.archives.CyclicArchives (pyribs GridArchive per task)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from cycleqd.archives import CyclicArchives, range_warnings
-from tasks.base import Measure
+from cycleqd.core.archives import CyclicArchives, range_warnings
+from cycleqd.tasks.base import Measure
 
 TASKS = ["a", "b", "c"]
 BINS = 10

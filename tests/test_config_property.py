@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from cycleqd.cli import _check_run_args
-from cycleqd.configs import compose
+from cycleqd.run.configs import compose
 from cycleqd.errors import CycleQDError
 from tests.tiny import tiny_overrides
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from cycleqd import checkpoint
-from cycleqd.lock import RunLock
+from cycleqd.run import checkpoint
+from cycleqd.run.lock import RunLock
 from tests.conftest import LIVELY_GENERATIONS
 from tests.runs import Started, cli, one_line_error, run_fingerprint
 from tests.tiny import lively_overrides

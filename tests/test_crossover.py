@@ -1,12 +1,12 @@
-"""Unit tests of cycleqd.crossover: the merge crossover τ = Σ_i (w_i / Σ_j w_j) τ_i."""
+"""Unit tests of cycleqd.core.crossover: the merge crossover τ = Σ_i (w_i / Σ_j w_j) τ_i."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from cycleqd.crossover import MergeCrossover, layer_of
-from cycleqd.taskvector import LowRank, TaskVector
+from cycleqd.core.crossover import MergeCrossover, layer_of
+from cycleqd.core.taskvector import LowRank, TaskVector
 
 NAMES = [
     "model.embed_tokens.weight",

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from cycleqd import checkpoint
+from cycleqd.run import checkpoint
 from cycleqd.errors import DamagedFile
-from cycleqd.rundata import load_run
+from cycleqd.analysis.rundata import load_run
 from tests.runs import main, one_line_error
 
 

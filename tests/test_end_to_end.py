@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from cycleqd.rundata import load_run
-from cycleqd.runner import run
+from cycleqd.analysis.rundata import load_run
+from cycleqd.run.runner import run
 from tests.tiny import TASKS, compose_tiny
 
 REPO = Path(__file__).resolve().parent.parent
@@ -101,7 +101,7 @@ print(heavy, "cycleqd (final)" in out.getvalue(), load_run.__module__, CyclicArc
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split("\n")[-2] == "[] True cycleqd.rundata cycleqd.archives True"
+    assert proc.stdout.split("\n")[-2] == "[] True cycleqd.analysis.rundata cycleqd.core.archives True"
     assert (tmp_path / "c.csv").is_file()
 
 
@@ -148,8 +148,8 @@ def test_lora_experts_stay_factored(tmp_path: Path, cache: Path):
 
 
 def test_cache_reuses_and_rebuilds(tmp_path: Path):
-    from cycleqd.components import build_tasks
-    from cycleqd.embedded import EmbeddedRecipe, ExpertRecipe, TinyLlama, Training, ensure_embedded
+    from cycleqd.run.components import build_tasks
+    from cycleqd.models.embedded import EmbeddedRecipe, ExpertRecipe, TinyLlama, Training, ensure_embedded
 
     tasks = build_tasks(compose_tiny(tmp_path))
     recipe = EmbeddedRecipe(

@@ -14,16 +14,16 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from cycleqd.archives import CyclicArchives
-from cycleqd.components import FinalSpec
-from cycleqd.evaluation import score_tasks
-from cycleqd.evidence import curves
+from cycleqd.core.archives import CyclicArchives
+from cycleqd.run.components import FinalSpec
+from cycleqd.evaluation.scoring import score_tasks
+from cycleqd.analysis.evidence import curves
 from cycleqd.protocols import ItemScores, Measure
-from cycleqd.rundata import load_run
-from cycleqd.searches import LayerCoefficients, Search, run_search
+from cycleqd.analysis.rundata import load_run
+from cycleqd.core.searches import LayerCoefficients, Search, run_search
 from cycleqd.stats import compare_to, differences, paired_bootstrap
-from cycleqd.taskvector import TaskVector, linear_combination
-from tasks.sorting import Sorting
+from cycleqd.core.taskvector import TaskVector, linear_combination
+from cycleqd.tasks.sorting import Sorting
 from tests.runs import cli, main, run_fingerprint
 from tests.test_genome import TASKS as GENOME_TASKS
 from tests.test_genome import _setup
@@ -191,7 +191,7 @@ def test_search_settings_are_checked():
 def test_refinement_settings_are_checked():
     from omegaconf import OmegaConf
 
-    from cycleqd.components import _final
+    from cycleqd.run.components import _final
     from cycleqd.errors import ConfigError
 
     for bad, message in (
@@ -221,7 +221,7 @@ def _refine(
     every evaluation failing), after a search of 7 generations and 30 evaluations whose best
     mean was 0.05; ``log`` gets the lines the run logs."""
     from cycleqd.protocols import Failure
-    from cycleqd.runner import Run
+    from cycleqd.run.runner import Run
 
     evaluated = []
 
@@ -243,7 +243,7 @@ def _refine(
 
 
 def test_the_refinement_climbs_from_the_chosen_model_and_keeps_only_a_gain():
-    from cycleqd.crossover import layer_of
+    from cycleqd.core.crossover import layer_of
 
     experts, model = REFINE_EXPERTS, _layered(1)
     final = FinalSpec("quality", (1.0,), refine=40, refine_sigma0=0.2)
@@ -402,7 +402,7 @@ def test_a_refined_final_model_is_written_scored_and_counted(tmp_path: Path, cac
     """The refinement in a genome run: the merge at a hundredth of its scale is almost the base
     model, CMA-ES around it finds a better mean, and final.safetensors is that merge plus the
     recorded per-layer coefficients times the experts."""
-    from cycleqd.crossover import layer_of
+    from cycleqd.core.crossover import layer_of
 
     cli("run", *lively_overrides(cache, 2), "final.choice=merge", "final.scales=[0.01]", "final.refine=6", "final.refine_sigma0=0.5", f"hydra.run.dir={tmp_path}")
     s = json.loads((tmp_path / "summary.json").read_text())

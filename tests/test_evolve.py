@@ -1,4 +1,4 @@
-"""Unit tests of the CycleQD ask/tell loop (cycleqd.evolve) with the elite store, on tiny dense vectors."""
+"""Unit tests of the CycleQD ask/tell loop (cycleqd.core.evolve) with the elite store, on tiny dense vectors."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from cycleqd.archives import CyclicArchives
-from cycleqd.crossover import MergeCrossover
-from cycleqd.evolve import CycleQD
-from cycleqd.mutation import SVDMutation, expert_svds
-from cycleqd.operators import DenseOperators
-from cycleqd.store import EliteRecord, EliteStore
-from cycleqd.taskvector import TaskVector
-from tasks.base import Measure
+from cycleqd.core.archives import CyclicArchives
+from cycleqd.core.crossover import MergeCrossover
+from cycleqd.core.evolve import CycleQD
+from cycleqd.core.mutation import SVDMutation, expert_svds
+from cycleqd.core.operators import DenseOperators
+from cycleqd.core.elite import EliteRecord
+from cycleqd.run.store import EliteStore
+from cycleqd.core.taskvector import TaskVector
+from cycleqd.tasks.base import Measure
 
 TASKS = ["a", "b", "c"]
 SHAPE = (6, 5)

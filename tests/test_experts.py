@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from cycleqd.errors import ConfigError
-from cycleqd.experts import check_against
-from cycleqd.taskvector import LowRank, TaskVector
+from cycleqd.models.experts import check_against
+from cycleqd.core.taskvector import LowRank, TaskVector
 
 PARAMS = {"model.layers.0.mlp.up_proj.weight": torch.zeros(8, 4), "model.norm.weight": torch.zeros(4)}
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from cycleqd.export import export
-from cycleqd.rundata import load_run
-from cycleqd.select import pareto_front, select_elites
+from cycleqd.analysis.export import export
+from cycleqd.analysis.rundata import load_run
+from cycleqd.analysis.selection import pareto_front, select_elites
 from tests.tiny import TASKS
 
 # Generation exactly as the evaluator does it (length-sorted batches, left padding, BOS,
@@ -49,7 +49,7 @@ print(json.dumps(out))
 def _tasks(run_dir: Path):
     from omegaconf import OmegaConf
 
-    from cycleqd.components import build_tasks
+    from cycleqd.run.components import build_tasks
 
     return build_tasks(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
 

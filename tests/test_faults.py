@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from cycleqd import checkpoint
+from cycleqd.run import checkpoint
 from cycleqd.errors import EvaluationFailed, TooManyFailures
-from cycleqd.runner import run
+from cycleqd.run.runner import run
 from tests.tiny import compose_lively
 
 FAULTY = "task.sorting._target_=tests.plugins.faulty.FaultySorting"

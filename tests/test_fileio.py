@@ -7,9 +7,10 @@ import os
 
 import pytest
 
-from cycleqd import checkpoint, fileio
+from cycleqd import fileio
+from cycleqd.run import checkpoint
 from cycleqd.errors import DamagedFile, RunInUse, WriteFailed
-from cycleqd.lock import RunLock, is_locked
+from cycleqd.run.lock import RunLock, is_locked
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from cycleqd.errors import ConfigError
-from cycleqd.finetune import ExpertRecipe, Training, _batches, train
-from cycleqd.models import char_tokenizer
+from cycleqd.models.finetune import ExpertRecipe, Training, _batches, train
+from cycleqd.models.loading import char_tokenizer
 
 
 def _tiny_model():

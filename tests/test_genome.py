@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from cycleqd.archives import CyclicArchives
-from cycleqd.crossover import MergeCrossover, MethodCrossover
-from cycleqd.evolve import CycleQD
-from cycleqd.genome import Basis, ExpertBasis, cached_expert_basis, content_hash
-from cycleqd.merging import Merge
-from cycleqd.mutation import SVDMutation, expert_svds
-from cycleqd.operators import DenseOperators, GenomeOperators, linear_in_genome
+from cycleqd.core.archives import CyclicArchives
+from cycleqd.core.crossover import MergeCrossover, MethodCrossover
+from cycleqd.core.evolve import CycleQD
+from cycleqd.core.genome import Basis, ExpertBasis, cached_expert_basis, content_hash
+from cycleqd.core.merging import Merge
+from cycleqd.core.mutation import SVDMutation, expert_svds
+from cycleqd.core.operators import DenseOperators, GenomeOperators, linear_in_genome
 from cycleqd.protocols import Measure
-from cycleqd.store import EliteStore
-from cycleqd.taskvector import LowRank, TaskVector, as_dense
+from cycleqd.run.store import EliteStore
+from cycleqd.core.taskvector import LowRank, TaskVector, as_dense
 
 TASKS = ["a", "b", "c"]
 SHAPES = {
@@ -132,7 +132,7 @@ def test_entry_wise_operators_are_not_linear_in_the_genome():
     assert linear_in_genome(MethodCrossover(merge=Merge("linear")), SVDMutation())
     assert not linear_in_genome(MethodCrossover(merge=Merge("ties")), SVDMutation())
     assert not linear_in_genome(MergeCrossover(), SVDMutation(max_rank=4))  # truncation is not linear
-    from cycleqd.mutation import GaussianMutation
+    from cycleqd.core.mutation import GaussianMutation
 
     assert not linear_in_genome(MergeCrossover(), GaussianMutation())
     with pytest.raises(ValueError, match="not linear"):

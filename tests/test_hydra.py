@@ -15,10 +15,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from cycleqd.components import build, build_tasks
-from cycleqd.configs import CONF_DIR
+from cycleqd.run.components import build, build_tasks
+from cycleqd.run.configs import CONF_DIR
 from cycleqd.errors import ConfigError
-from cycleqd.runner import Run
+from cycleqd.run.runner import Run
 from tests.runs import cli, main, one_line_error
 from tests.tiny import tiny_overrides
 
@@ -103,7 +103,7 @@ def test_bad_values_fail_in_one_line_before_compute(tmp_path: Path, override: st
 
 @pytest.mark.parametrize("ablation", sorted(p.stem for p in (Path(CONF_DIR) / "ablation").glob("*.yaml")))
 def test_every_ablation_changes_what_it_says(ablation: str):
-    from cycleqd.components import build
+    from cycleqd.run.components import build
 
     c = build(_compose("experiment=evidence", f"+ablation={ablation}"))
     changed = {

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cycleqd.sandbox import Limits, run_python
-from tasks.jsonl import JsonlTask
+from cycleqd.evaluation.sandbox import Limits, run_python
+from cycleqd.tasks.jsonl import JsonlTask
 
 
 class Canned:

@@ -12,8 +12,8 @@ import torch
 pytest.importorskip("lm_eval")
 
 from cycleqd.errors import ConfigError  # noqa: E402
-from cycleqd.models import HFTextModel, load_model  # noqa: E402
-from tasks.lm_eval import LmEvalTask  # noqa: E402
+from cycleqd.models.loading import HFTextModel, load_model  # noqa: E402
+from cycleqd.tasks.lm_eval import LmEvalTask  # noqa: E402
 from tests.runs import REPO, cli, one_line_error  # noqa: E402
 from tests.tiny import tiny_overrides  # noqa: E402
 
@@ -121,7 +121,7 @@ def test_a_run_with_lm_eval_tasks(cache: Path, tmp_path: Path):
     args = tiny_overrides(cache, generations=4, tasks=("addition",)) + ["task=[addition]"]
     for name in ("difference", "larger"):
         t = f"+task.{name}"
-        args += [f"{t}._target_=tasks.lm_eval.LmEvalTask", f"{t}.name={name}", f"{t}.task=tiny_{name}",
+        args += [f"{t}._target_=cycleqd.tasks.lm_eval.LmEvalTask", f"{t}.name={name}", f"{t}.task=tiny_{name}",
                  f"{t}.include_path=tests/lm_eval_tasks", f"{t}.add_bos_token=true", f"{t}.limit=12"]
     run_dir = tmp_path / "run"
     cli("run", *args, f"hydra.run.dir={run_dir}")
@@ -134,7 +134,7 @@ def test_a_run_with_lm_eval_tasks(cache: Path, tmp_path: Path):
 
 
 def test_an_unknown_lm_eval_task_fails_before_any_model(cache: Path, tmp_path: Path):
-    args = tiny_overrides(cache, generations=2) + ["+task.extra._target_=tasks.lm_eval.LmEvalTask", "+task.extra.name=extra",
+    args = tiny_overrides(cache, generations=2) + ["+task.extra._target_=cycleqd.tasks.lm_eval.LmEvalTask", "+task.extra.name=extra",
                                                    "+task.extra.task=tiny_nothing", "+task.extra.include_path=tests/lm_eval_tasks"]
     line = one_line_error(cli("run", *args, "dry_run=true", check=False))
     assert "task.extra.task" in line and "tiny_nothing" in line

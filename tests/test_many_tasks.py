@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cycleqd.archives import CyclicArchives
+from cycleqd.core.archives import CyclicArchives
 from cycleqd.protocols import Measure
 from tests.runs import cli, one_line_error
 from tests.tiny import tiny_overrides
@@ -145,7 +145,7 @@ def test_a_lower_is_better_task_is_the_same_search_as_its_mirror(cache: Path, tm
 
 
 def test_scores_of_a_lower_is_better_task_become_utilities_by_its_range():
-    from cycleqd.evaluation import score_tasks
+    from cycleqd.evaluation.scoring import score_tasks
     from cycleqd.protocols import Failure, ItemTask
 
     class Perplexity(ItemTask):

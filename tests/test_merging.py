@@ -9,8 +9,8 @@ import pytest
 import torch
 from peft.utils import merge_utils
 
-from cycleqd.merging import Merge, breadcrumbs, dare, magnitude_mask, slerp, ties
-from cycleqd.taskvector import LowRank, TaskVector
+from cycleqd.core.merging import Merge, breadcrumbs, dare, magnitude_mask, slerp, ties
+from cycleqd.core.taskvector import LowRank, TaskVector
 
 
 def _tensors(n=3, shape=(12, 10), seed=0):
@@ -46,7 +46,7 @@ def test_ties_is_the_weighted_mean_of_agreeing_entries():
 def test_a_ties_crossover_child_is_on_its_parents_scale(method):
     """Normalised crossover weights must not shrink the child: two equal parents give that
     parent back (trimmed), not half of it."""
-    from cycleqd.crossover import MethodCrossover
+    from cycleqd.core.crossover import MethodCrossover
 
     (t,) = _tensors(1, (16, 16))
     parent = TaskVector({"w": t})
@@ -168,7 +168,7 @@ def test_della_breadcrumbs_ties_and_model_stock_equal_mergekit_per_tensor(weight
     from mergekit.merge_methods.base import TensorGroup
     from mergekit.merge_methods.model_stock import model_stock_merge_method
 
-    from cycleqd.merging import breadcrumbs_ties, della, model_stock
+    from cycleqd.core.merging import breadcrumbs_ties, della, model_stock
 
     ts = _tensors(3, (64, 47), seed=7)
     w = torch.tensor(weights).view(-1, 1, 1)
@@ -196,7 +196,7 @@ def test_della_breadcrumbs_ties_and_model_stock_equal_mergekit_per_tensor(weight
 
 def test_della_keeps_large_entries_more_often_and_the_l1_norm():
     """Written out: keep probability density − ε + 2ε·(rank − 1)/(n − 1) along each row."""
-    from cycleqd.merging import della_prune
+    from cycleqd.core.merging import della_prune
 
     t = torch.arange(1, 101, dtype=torch.float32).repeat(4000, 1)  # rank = value
     kept = della_prune(t, 0.5, 0.3, torch.Generator().manual_seed(0))
@@ -211,7 +211,7 @@ def test_della_keeps_large_entries_more_often_and_the_l1_norm():
 
 def test_model_stock_follows_the_angle_between_the_experts():
     """t = k·cos θ / (1 + (k − 1)·cos θ): equal experts give their mean, orthogonal ones the base."""
-    from cycleqd.merging import model_stock
+    from cycleqd.core.merging import model_stock
 
     a = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
     b = torch.tensor([[0.0, 2.0], [0.0, 0.0]])

@@ -1,11 +1,11 @@
-"""Unit tests of cycleqd.mutation: SVD mutation, factored SVD, truncation, Gaussian ablation."""
+"""Unit tests of cycleqd.core.mutation: SVD mutation, factored SVD, truncation, Gaussian ablation."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from cycleqd.mutation import (
+from cycleqd.core.mutation import (
     SVD,
     GaussianMutation,
     SVDMutation,
@@ -15,7 +15,7 @@ from cycleqd.mutation import (
     svd_of,
     truncate,
 )
-from cycleqd.taskvector import LowRank, TaskVector
+from cycleqd.core.taskvector import LowRank, TaskVector
 
 
 def _gen(seed: int) -> torch.Generator:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cycleqd import checkpoint
+from cycleqd.run import checkpoint
 from tests.runs import Started, cli, run_fingerprint
 from tests.tiny import lively_overrides
 
@@ -74,8 +74,8 @@ def test_close_ends_every_worker_process_even_one_that_outlives_ray(ray_sync: Pa
     is killed by the pool's close; the actors' own processes are gone too."""
     import psutil
 
-    from cycleqd.pool import RayPool
-    from cycleqd.workers import WorkerSpec
+    from cycleqd.evaluation.pool import RayPool
+    from cycleqd.evaluation.workers import WorkerSpec
 
     base = next(cache.glob("base-*"))  # built by ray_sync's run
     pool = RayPool(num_workers=1)
@@ -144,7 +144,7 @@ def test_dead_and_hung_workers_are_replaced_and_their_child_tried_again(tmp_path
     # about a minute alone, 370 s on a loaded machine. Without the configured deadline
     # the hang would last the default three hours, far past this timeout.
     cli("run", *_args(cache, hung, "evaluator=ray", sorting, "evaluator.hang_timeout_s=15", generations=4), env=env, timeout=1200)
-    replaced = [line.split(" - ", 1)[1] for line in (hung / "cli.log").read_text().splitlines() if "[cycleqd.pool][WARNING]" in line]
+    replaced = [line.split(" - ", 1)[1] for line in (hung / "cli.log").read_text().splitlines() if "[cycleqd.evaluation.pool][WARNING]" in line]
     assert len(replaced) == 1 and replaced[0].endswith("(opt evaluation): no result after 15 s; the worker was replaced; its evaluation is tried once more"), replaced
     workers = json.loads((hung / "metrics.jsonl").read_text().splitlines()[-1])["workers"]
     assert sum(workers["restarts"]) == 1

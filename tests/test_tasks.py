@@ -1,4 +1,4 @@
-"""Unit tests of the synthetic tasks (tasks.base, tasks.addition, tasks.reversal, tasks.sorting)."""
+"""Unit tests of the synthetic tasks (cycleqd.tasks.base, cycleqd.tasks.addition, cycleqd.tasks.reversal, cycleqd.tasks.sorting)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import re
 
 import pytest
 
-from tasks.addition import Addition
-from tasks.base import Measure
-from tasks.reversal import Reversal
-from tasks.sorting import Sorting
+from cycleqd.tasks.addition import Addition
+from cycleqd.tasks.base import Measure
+from cycleqd.tasks.reversal import Reversal
+from cycleqd.tasks.sorting import Sorting
 
 
 def oracle_addition(prompt: str) -> str:

@@ -1,4 +1,4 @@
-"""Unit tests of cycleqd.taskvector: TaskVector, LowRank, linear_combination, storage, peft import."""
+"""Unit tests of cycleqd.core.taskvector: TaskVector, LowRank, linear_combination, storage, peft import."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from cycleqd.taskvector import LowRank, TaskVector, as_dense, concat_lowrank, linear_combination
+from cycleqd.core.taskvector import LowRank, TaskVector, as_dense, concat_lowrank, linear_combination
 
 
 def _gen(seed: int = 0) -> torch.Generator:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from cycleqd.configs import CONF_DIR
+from cycleqd.run.configs import CONF_DIR
 
 TASKS = ("addition", "reversal", "sorting")
 

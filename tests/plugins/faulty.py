@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from cycleqd.mutation import SVDMutation
-from cycleqd.taskvector import TaskVector
+from cycleqd.core.mutation import SVDMutation
+from cycleqd.core.taskvector import TaskVector
 from tests.plugins.partial_tasks import PartialSorting
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from tasks.base import SyntheticTask
+from cycleqd.tasks.base import SyntheticTask
 
 
 @dataclass

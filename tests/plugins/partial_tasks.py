@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tasks.addition import Addition
-from tasks.reversal import Reversal
-from tasks.sorting import Sorting
+from cycleqd.tasks.addition import Addition
+from cycleqd.tasks.reversal import Reversal
+from cycleqd.tasks.sorting import Sorting
 
 
 def partial_credit(output: str, answer: str) -> float:

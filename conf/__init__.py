@@ -1,0 +1,1 @@
+"""cycleqd's Hydra configs: one folder per config group, installed as the package's configs."""

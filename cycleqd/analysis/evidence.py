@@ -1,0 +1,165 @@
+"""``cycleqd evidence ROOT... --reference search=cycleqd``: methods compared over seeds.
+
+A *method* is what a run's Hydra overrides say, the seed and the overrides every run shares
+left out (``search=cmaes``, ``+ablation=no_mutation``). For each method: its final model's
+test mean over the seeds (mean ± sd), its difference to the reference method with a 95%
+paired bootstrap interval (the runs of one seed paired, their test items redrawn together),
+its opt-split evaluations and wall time. The reference runs' static merges and best expert
+are rows too. A plot shows each method's best mean opt score against evaluations.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from cycleqd.analysis.compare import find_runs
+from cycleqd.errors import ConfigError
+from cycleqd.fileio import read_json, write_bytes
+from cycleqd.protocols import mean_score
+from cycleqd.stats import differences, paired_bootstrap
+
+
+@dataclass
+class Method:
+    """The runs of one method, by seed."""
+
+    label: str
+    runs: dict[int, Path] = field(default_factory=dict)
+
+
+def _overrides(run: Path) -> list[str]:
+    path = run / ".hydra" / "overrides.yaml"
+    return [str(o) for o in OmegaConf.load(path)] if path.is_file() else []
+
+
+def methods(roots: list[Path]) -> dict[str, Method]:
+    """The finished runs under ``roots``, grouped into methods."""
+    runs = [r for root in roots for r in find_runs(Path(root))]
+    if not runs:
+        raise FileNotFoundError(f"no finished runs under {[str(r) for r in roots]}")
+    overrides = {r: [o for o in _overrides(r) if not o.startswith(("seed=", "quiet=", "hydra."))] for r in runs}
+    shared = set.intersection(*(set(o) for o in overrides.values()))
+    out: dict[str, Method] = {}
+    for r in runs:
+        label = " ".join(o for o in overrides[r] if o not in shared) or "(default)"
+        seed = int(OmegaConf.load(r / ".hydra" / "config.yaml").seed)
+        m = out.setdefault(label, Method(label))
+        if seed in m.runs:
+            raise ConfigError("seed", f"two runs of {label!r} with seed {seed}: {m.runs[seed]} and {r}")
+        m.runs[seed] = r
+    return out
+
+
+def _test_mean(scores: dict[str, float]) -> float:
+    return 100 * mean_score(scores)
+
+
+def _row(label: str, means: list[float], diff: dict | None, evaluations: Any, wall: Any) -> dict:
+    sd = float(np.std(means, ddof=1)) if len(means) > 1 else 0.0
+    return {"method": label, "seeds": len(means), "test_mean": float(np.mean(means)), "sd": sd, "diff": diff, "opt_evaluations": evaluations, "wall_s": wall}
+
+
+def table(roots: list[Path], reference: str) -> list[dict]:
+    """One row per method, then the reference runs' best expert and static merges."""
+    ms = methods(roots)
+    if reference not in ms:
+        raise ConfigError("--reference", f"no method {reference!r}; the methods are: {', '.join(sorted(ms))}")
+    ref = ms[reference]
+    summaries = {label: {s: read_json(p / "summary.json", "summary") for s, p in m.runs.items()} for label, m in ms.items()}
+    items = {label: {s: read_json(p / "test_items.json", "test items") for s, p in m.runs.items()} for label, m in ms.items()}
+
+    def versus(model_items: dict[int, dict], key: str) -> dict | None:
+        seeds = sorted(set(model_items) & set(ref.runs))
+        pairs = [differences(model_items[s][key], items[reference][s]["final"]) for s in seeds if key in model_items[s] and "final" in items[reference][s]]
+        return paired_bootstrap(pairs) if pairs and len(pairs) == len(seeds) else None
+
+    rows = []
+    for label in [reference, *sorted(set(ms) - {reference})]:
+        ss = summaries[label]
+        diff = None if label == reference else versus(items[label], "final")
+        rows.append(_row(label, [_test_mean(s["final"]) for s in ss.values()], diff,
+                         int(np.mean([s.get("opt_evaluations", s["evaluations"]) for s in ss.values()])),
+                         float(np.mean([s["wall_time_s"] for s in ss.values()]))))
+    ss = summaries[reference]
+    first = next(iter(ss.values()))
+    # the best expert chosen on the opt split, as every choice is (a comparison search does
+    # not score the experts on opt: with one as the reference, there is no such row)
+    if first.get("experts_opt"):
+        best = max(first["experts_opt"], key=lambda t: _test_mean(first["experts_opt"][t]))
+        rows.append(_row(f"expert: {best} (best on opt)", [_test_mean(s["experts"][best]) for s in ss.values()], versus(items[reference], f"expert:{best}"), None, None))
+    for b in first["baselines"]:
+        rows.append(_row(f"static: {b}", [_test_mean(s["baselines"][b]) for s in ss.values() if b in s["baselines"]], versus(items[reference], f"baseline:{b}"), None, None))
+    return rows
+
+
+def format_rows(rows: list[dict], reference: str) -> str:
+    head = f"{'method':44s}{'seeds':>6s}{'test mean ± sd':>17s}   {'− reference [95% CI]':>34s}{'opt evals':>10s}{'wall s':>8s}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        d = r["diff"]
+        dtext = f"{100 * d['diff']:+.1f} [{100 * d['ci'][0]:+.1f}, {100 * d['ci'][1]:+.1f}]" if d else "—"
+        ev = str(r["opt_evaluations"]) if r["opt_evaluations"] is not None else "—"
+        wall = f"{r['wall_s']:.0f}" if r["wall_s"] is not None else "—"
+        lines.append(f"{r['method'][:44]:44s}{r['seeds']:6d}{r['test_mean']:10.1f} ± {r['sd']:4.1f}   {dtext:>34s}{ev:>10s}{wall:>8s}")
+    lines.append(f"(test split, points; reference: {reference}; differences paired by seed, their intervals redrawn over the")
+    lines.append(" test prompts; the static merges and the expert are those of the reference's runs)")
+    return "\n".join(lines)
+
+
+def curves(roots: list[Path]) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """Each method's best mean opt score (points) against evaluations, one curve per seed
+    (in seed order).
+
+    A CycleQD run's log ends with its last generation, or with the rounds of its
+    refinement (``final.refine``); where the final step spent evaluations after the last
+    line (the merge's scales), the curve ends with the final model's opt mean at the run's
+    opt evaluations."""
+    out = {}
+    for label, m in methods(roots).items():
+        for _, path in sorted(m.runs.items()):
+            ev, best = [], []
+            for line in (path / "metrics.jsonl").read_text().splitlines():
+                rec = json.loads(line)
+                if "best_opt_mean" in rec:
+                    ev.append(rec["evaluations"])
+                    best.append(100 * rec["best_opt_mean"])
+            s = read_json(path / "summary.json", "summary")
+            end, final = s.get("opt_evaluations"), s.get("final_opt")
+            if end and final and ev and end > ev[-1]:
+                ev.append(end)
+                best.append(max(best[-1], _test_mean(final)))  # the opt split's mean, in points
+            out.setdefault(label, []).append((np.array(ev), np.array(best)))
+    return out
+
+
+def plot(roots: list[Path], path: Path) -> Path:
+    """The curves of :func:`curves`, mean over seeds with their range shaded, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for label, runs in sorted(curves(roots).items()):
+        n = min(len(e) for e, _ in runs)
+        ev = runs[0][0][:n]
+        ys = np.stack([b[:n] for _, b in runs])
+        (line,) = ax.plot(ev, ys.mean(0), label=label)
+        ax.fill_between(ev, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.15)
+    ax.set_xlabel("evaluations (opt split)")
+    ax.set_ylabel("best mean score so far, opt split (%)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    write_bytes(path, buf.getvalue())
+    return path

@@ -1,0 +1,79 @@
+"""Static merges of the experts: each configured method's parameters are chosen on the
+opt split from its grid (scale × density × gamma × epsilon), and the chosen merge is reported on
+the test split. A merge whose evaluation fails is reported as failed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from cycleqd.core.merging import Merge
+from cycleqd.protocols import Failure, Result, mean_score
+from cycleqd.core.taskvector import TaskVector
+
+
+@dataclass(frozen=True)
+class BaselineSpec:
+    """One static merge of all experts and its grid of (scale, density, gamma, epsilon), chosen on opt."""
+
+    name: str
+    method: str
+    grid: tuple[tuple[float, float, float, float], ...]
+
+
+def static_merges(
+    experts: Sequence[TaskVector],
+    specs: Mapping[str, BaselineSpec],
+    scores: Callable[[list[tuple[TaskVector, str]]], list[Result]],
+    seed: int,
+) -> tuple[dict[str, dict[str, float]], dict[str, Any], dict[str, str]]:
+    """Test results of each baseline's chosen merge, the choices, and the failed baselines (name → why).
+
+    ``scores`` evaluates a list of ``(task vector, split)`` at once (a pool's workers in parallel)."""
+    from cycleqd.progress import Progress
+
+    out, chosen, failed = {}, {}, {}
+    with Progress("baselines: static merges on opt, the chosen on test", sum(len(s.grid) + 1 for s in specs.values()), "evaluation") as progress:
+        for name, spec in specs.items():
+            _one(name, spec, experts, _counted(scores, progress), seed, out, chosen, failed)
+    return out, chosen, failed
+
+
+def _counted(scores: Callable, progress) -> Callable:
+    def counted(pairs):
+        results = scores(pairs)
+        progress.update(len(pairs))
+        return results
+
+    return counted
+
+
+def _one(name: str, spec: BaselineSpec, experts, scores: Callable, seed: int, out: dict, chosen: dict, failed: dict) -> None:
+    """Choose ``spec``'s grid point on opt and score it on test, into ``out`` / ``chosen`` / ``failed``."""
+    merges = {}
+    for lam, density, gamma, epsilon in spec.grid:
+        gen = torch.Generator().manual_seed(seed)
+        # λ multiplies the merge of equally weighted experts (mergekit's ``lambda``)
+        merges[(lam, density, gamma, epsilon)] = Merge(spec.method, density=density, gamma=gamma, epsilon=epsilon)(experts, [1.0] * len(experts), gen).scale(lam)
+    opt = dict(zip(merges, scores([(tv, "opt") for tv in merges.values()])))
+    ok = [k for k in spec.grid if not isinstance(opt[k], Failure)]
+    if not ok:
+        failed[name] = f"every grid point failed on opt, e.g. {opt[spec.grid[0]]}"
+        return
+    best = max(ok, key=lambda k: (mean_score(opt[k]), -abs(k[0] - 0.5)))
+    (test,) = scores([(merges[best], "test")])
+    if isinstance(test, Failure):
+        failed[name] = f"the chosen merge failed on test: {test}"
+        return
+    out[name] = test  # with its per-item results, when the tasks give them
+    chosen[name] = {
+        "method": spec.method,
+        "scale": best[0],
+        "density": best[1] if spec.method not in ("linear", "model_stock", "slerp") else None,
+        "gamma": best[2] if spec.method.startswith("breadcrumbs") else None,
+        "epsilon": best[3] if spec.method.startswith("della") else None,
+        "opt_mean": {str(k): (mean_score(v) if not isinstance(v, Failure) else None) for k, v in opt.items()},
+    }
+

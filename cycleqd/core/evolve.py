@@ -1,0 +1,191 @@
+"""The CycleQD loop, in pyribs' ask → evaluate → tell form.
+
+    for g in 0..G−1:
+        q = tasks[g mod K]                           # quality task of this generation
+        parents ← 2 elites of archive q (elite sampling)
+        child  ← mutation(crossover(parents), SVD of expert q's task vector)
+        scores ← evaluate(θ0 + child) on every task  (optimisation split)
+        offer the child to every archive
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from cycleqd.core.archives import CyclicArchives
+from cycleqd.core.operators import Operators
+from cycleqd.protocols import Failure, Result
+from cycleqd.core.elite import EliteRecord
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One child to evaluate: its id, lineage, and the child itself (a task vector, or a
+    genome: see :mod:`cycleqd.core.operators`)."""
+
+    id: int
+    generation: int
+    quality_task: str
+    parents: tuple[int, ...]
+    vector: Any
+
+
+class CycleQD:
+    """Asks for children of the current quality archive and tells their scores to all archives.
+
+    ``ask`` and ``tell`` must alternate; results go back in the order ``ask`` gave them,
+    so candidates can be evaluated in batches or in parallel without changing this class.
+    All state is in memory: the archives (with the elites themselves when they are
+    genomes), RNGs and counters. With task vectors, ``operators.keep`` writes a kept
+    elite to the elite store; nothing is ever deleted here (the runner collects dead
+    elites after a checkpoint that no longer names them).
+
+    Args:
+        archives: The K archives (their ``solution_dim`` is ``operators.solution_dim``).
+        operators: How a child is made and what is kept of it (:mod:`cycleqd.core.operators`).
+        children_per_generation: Children asked per generation (the paper: 1).
+        seed: Seed of parent sampling and of the operators.
+    """
+
+    def __init__(self, *, archives: CyclicArchives, operators: Operators, children_per_generation: int = 1, seed: int = 0) -> None:
+        if children_per_generation < 1:
+            raise ValueError(f"children_per_generation must be >= 1, got {children_per_generation}")
+        if archives.solution_dim != operators.solution_dim:
+            raise ValueError(f"archives hold solutions of {archives.solution_dim} numbers, the operators make {operators.solution_dim}")
+        self.archives = archives
+        self.operators = operators
+        self.children_per_generation = children_per_generation
+        self.rng = np.random.default_rng(seed)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.generation = 0
+        self.next_id = 0
+        self.evaluations = 0
+        self.failures: Counter[str] = Counter()
+        self.consecutive_failures = 0
+        self._asked: list[Candidate] | None = None
+        self.pending: dict[int, Candidate] = {}  # asked one by one (steady state), not told yet
+
+    # -- seeding ------------------------------------------------------------------
+    def seed(self, vectors: Mapping[str, Any], results: Mapping[str, Result], origin: str = "expert") -> dict[str, int]:
+        """Offer each model to every archive (generation −1); returns name → id of the
+        models that were scored (a :class:`Failure` result is counted, not offered)."""
+        ids = {}
+        for name, tv in vectors.items():
+            i = self._new_id()
+            self.evaluations += 1
+            if self._offer(i, tv, results[name], -1, f"{origin}:{name}", ()):
+                ids[name] = i
+        return ids
+
+    def _new_id(self) -> int:
+        i = self.next_id
+        self.next_id += 1
+        return i
+
+    def _offer(self, i: int, x: Any, result: Result, generation: int, origin: str, parents: tuple[int, ...]):
+        """Offer one evaluated model to every archive and store it if one keeps it.
+        Returns pyribs' add status per archive, or None for a failed evaluation."""
+        if isinstance(result, Failure):
+            self.failures[result.reason] += 1
+            self.consecutive_failures += 1
+            return None
+        self.consecutive_failures = 0
+        missing = [t for t in self.archives.tasks if t not in result]
+        if missing:
+            raise ValueError(f"model {i}: no score for tasks {missing}")
+        status = self.archives.add(i, result, generation, solution=self.operators.solution(i, x), parents=parents)
+        if any(s > 0 for s in status.values()):
+            self.operators.keep(x, EliteRecord(i, generation, origin, parents, dict(result)))
+        return status
+
+    # -- ask / tell ---------------------------------------------------------------
+    def ask(self) -> list[Candidate]:
+        if self._asked is not None:
+            raise RuntimeError("ask() called twice without tell(): evaluate the asked candidates first")
+        q = self.archives.quality_task(self.generation)
+        out = []
+        for _ in range(self.children_per_generation):
+            picks = self.archives.sample_parents(q, 2, self.rng)
+            child = self.operators.child([self.operators.parent(p) for p in picks], q, self.gen)
+            out.append(Candidate(self._new_id(), self.generation, q, tuple(p.id for p in picks), child))
+        self._asked = out
+        return out
+
+    # -- steady state: one child at a time, several in flight -------------------------------
+    def ask_one(self) -> Candidate:
+        """One child while others are being evaluated (asynchronous steady state). The quality
+        task cycles per child: the ``g``-th child asked breeds from archive ``g mod K``, and
+        ``generation`` counts children, asked and told."""
+        if self._asked is not None:
+            raise RuntimeError("ask_one() while a generation asked with ask() is not told")
+        q = self.archives.quality_task(self.generation + len(self.pending))
+        picks = self.archives.sample_parents(q, 2, self.rng)
+        child = self.operators.child([self.operators.parent(p) for p in picks], q, self.gen)
+        c = Candidate(self._new_id(), self.generation + len(self.pending), q, tuple(p.id for p in picks), child)
+        self.pending[c.id] = c
+        return c
+
+    def tell_one(self, candidate: Candidate, result: Result) -> dict[str, int] | None:
+        """Offer one child asked with :meth:`ask_one`, in any order."""
+        if candidate.id not in self.pending:
+            raise ValueError(f"tell_one(): child {candidate.id} was not asked with ask_one() or was told already")
+        del self.pending[candidate.id]
+        status = self._offer(candidate.id, candidate.vector, result, candidate.generation, f"child:{candidate.quality_task}", candidate.parents)
+        self.evaluations += 1
+        self.generation += 1
+        return status
+
+    def tell(self, candidates: Sequence[Candidate], results: Sequence[Result]) -> list[dict[str, int] | None]:
+        """Offer each evaluated candidate to every archive; a :class:`Failure` is counted
+        and offered nowhere. Returns pyribs' add status per archive (None for a failure)."""
+        if self._asked is None:
+            raise RuntimeError("tell() called without ask()")
+        if [c.id for c in candidates] != [c.id for c in self._asked]:
+            raise ValueError("tell() must receive the candidates of the last ask(), in the same order")
+        if len(results) != len(candidates):
+            raise ValueError(f"{len(candidates)} candidates but {len(results)} score records")
+        for c, r in zip(candidates, results):
+            if not isinstance(r, Failure):
+                missing = [t for t in self.archives.tasks if t not in r]
+                if missing:
+                    raise ValueError(f"candidate {c.id}: no score for tasks {missing}")
+        statuses = [
+            self._offer(c.id, c.vector, r, c.generation, f"child:{c.quality_task}", c.parents)
+            for c, r in zip(candidates, results)
+        ]
+        self.evaluations += len(candidates)
+        self.generation += 1
+        self._asked = None
+        return statuses
+
+    # -- checkpointing ------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        if self._asked is not None:
+            raise RuntimeError("cannot checkpoint between ask() and tell()")
+        return {
+            "archives": self.archives,
+            "rng": self.rng.bit_generator.state,
+            "gen": self.gen.get_state(),
+            "generation": self.generation,
+            "next_id": self.next_id,
+            "evaluations": self.evaluations,
+            "failures": dict(self.failures),
+            "consecutive_failures": self.consecutive_failures,
+            "pending": list(self.pending.values()),  # in flight at the checkpoint: evaluated again on resume
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.archives = state["archives"]
+        self.rng.bit_generator.state = state["rng"]
+        self.gen.set_state(state["gen"])
+        self.generation = state["generation"]
+        self.next_id = state["next_id"]
+        self.evaluations = state["evaluations"]
+        self.failures = Counter(state.get("failures", {}))
+        self.consecutive_failures = state.get("consecutive_failures", 0)
+        self.pending = {c.id: c for c in state.get("pending", [])}

@@ -1,0 +1,101 @@
+"""Where the modules of cycleqd's flat layout (0.1) live now, so that what names them still
+works: a config's ``_target_`` (``cycleqd.crossover.MergeCrossover``, ``tasks.addition.Addition``)
+and a checkpoint written before the move.
+
+A config's old path is rewritten to the new one with a warning naming the key; nothing else
+reads this table.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# old module → new module
+MODULES = {
+    "cycleqd.archives": "cycleqd.core.archives",
+    "cycleqd.baselines": "cycleqd.core.baselines",
+    "cycleqd.crossover": "cycleqd.core.crossover",
+    "cycleqd.evolve": "cycleqd.core.evolve",
+    "cycleqd.genome": "cycleqd.core.genome",
+    "cycleqd.merging": "cycleqd.core.merging",
+    "cycleqd.mutation": "cycleqd.core.mutation",
+    "cycleqd.operators": "cycleqd.core.operators",
+    "cycleqd.searches": "cycleqd.core.searches",
+    "cycleqd.select": "cycleqd.core.aggregation",
+    "cycleqd.taskvector": "cycleqd.core.taskvector",
+    "cycleqd.evaluation": "cycleqd.evaluation.scoring",
+    "cycleqd.pool": "cycleqd.evaluation.pool",
+    "cycleqd.sandbox": "cycleqd.evaluation.sandbox",
+    "cycleqd.workers": "cycleqd.evaluation.workers",
+    "cycleqd.embedded": "cycleqd.models.embedded",
+    "cycleqd.experts": "cycleqd.models.experts",
+    "cycleqd.finetune": "cycleqd.models.finetune",
+    "cycleqd.models": "cycleqd.models.loading",
+    "cycleqd.smollm2": "cycleqd.models.smollm2",
+    "cycleqd.checkpoint": "cycleqd.run.checkpoint",
+    "cycleqd.components": "cycleqd.run.components",
+    "cycleqd.configs": "cycleqd.run.configs",
+    "cycleqd.lock": "cycleqd.run.lock",
+    "cycleqd.loggers": "cycleqd.run.loggers",
+    "cycleqd.reports": "cycleqd.run.reports",
+    "cycleqd.runner": "cycleqd.run.runner",
+    "cycleqd.stopping": "cycleqd.run.stopping",
+    "cycleqd.store": "cycleqd.run.store",
+    "cycleqd.compare": "cycleqd.analysis.compare",
+    "cycleqd.evidence": "cycleqd.analysis.evidence",
+    "cycleqd.export": "cycleqd.analysis.export",
+    "cycleqd.rundata": "cycleqd.analysis.rundata",
+    # the task plugins were installed as a top-level package called `tasks`
+    "tasks.addition": "cycleqd.tasks.addition",
+    "tasks.base": "cycleqd.tasks.base",
+    "tasks.jsonl": "cycleqd.tasks.jsonl",
+    "tasks.lm_eval": "cycleqd.tasks.lm_eval",
+    "tasks.reversal": "cycleqd.tasks.reversal",
+    "tasks.sorting": "cycleqd.tasks.sorting",
+}
+# names that left their module when it moved: old module.name → new module
+NAMES = {
+    "cycleqd.store.EliteRecord": "cycleqd.core.elite",
+    "cycleqd.components.BaselineSpec": "cycleqd.core.baselines",
+    "cycleqd.select.STRATEGIES": "cycleqd.analysis.selection",
+    "cycleqd.select.pareto_front": "cycleqd.analysis.selection",
+    "cycleqd.select.select_elites": "cycleqd.analysis.selection",
+}
+
+
+def new_module(module: str, name: str) -> str:
+    """The module that holds ``name`` now, for a module of the flat layout (else ``module``)."""
+    return NAMES.get(f"{module}.{name}") or MODULES.get(module, module)
+
+
+def new_path(path: str) -> str:
+    """A dotted ``module.name`` path as it reads now (unchanged where nothing moved)."""
+    module, _, name = path.rpartition(".")
+    return f"{new_module(module, name)}.{name}" if module else path
+
+
+def upgrade_targets(node: Any, key: str = "") -> None:
+    """Rewrite, in place, every ``_target_`` of the config ``node`` that names a moved module,
+    logging one warning per key."""
+    from omegaconf import DictConfig, ListConfig, read_write
+
+    if isinstance(node, DictConfig):
+        items = [(str(k), node._get_node(k)) for k in node.keys()]
+    elif isinstance(node, ListConfig):
+        items = [(str(i), node._get_node(i)) for i in range(len(node))]
+    else:
+        return
+    for k, child in items:
+        where = f"{key}.{k}" if key else k
+        if k == "_target_" and isinstance(node, DictConfig) and not child._is_interpolation():
+            old = node[k]
+            new = new_path(old) if isinstance(old, str) else old
+            if new != old:
+                log.warning("%s: %s has moved to %s; the old path still works, this config may name the new one", where, old, new)
+                with read_write(node):
+                    node[k] = new
+        elif isinstance(child, (DictConfig, ListConfig)):
+            upgrade_targets(child, where)
