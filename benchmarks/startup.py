@@ -46,7 +46,15 @@ def main() -> None:
         run_dir = args.run
         if run_dir is None:
             run_dir = Path(tmp) / "sweep" / "run"
-            cmd = [sys.executable, "-m", "cycleqd.cli", "run", *TINY, f"model.cache_dir={tmp}/cache", f"hydra.run.dir={run_dir}"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "cycleqd.cli",
+                "run",
+                *TINY,
+                f"model.cache_dir={tmp}/cache",
+                f"hydra.run.dir={run_dir}",
+            ]
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         cli = "from cycleqd.cli import main; main({!r})"
         rows = [

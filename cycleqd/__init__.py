@@ -38,7 +38,20 @@ _EXPORTS = {
     "linear_combination": "cycleqd.core.taskvector",
     "load_run": "cycleqd.analysis.rundata",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Candidate",
+    "CycleQD",
+    "CyclicArchives",
+    "EliteStore",
+    "GaussianMutation",
+    "LowRank",
+    "MergeCrossover",
+    "RunData",
+    "SVDMutation",
+    "TaskVector",
+    "linear_combination",
+    "load_run",
+]
 
 if TYPE_CHECKING:
     from cycleqd.analysis.rundata import RunData, load_run

@@ -22,12 +22,24 @@ import os
 import sys
 from pathlib import Path
 
-from cycleqd.run.configs import CONF_DIR, compose, sweep
 from cycleqd.errors import ConfigError, CycleQDError
 from cycleqd.protocols import mean_score
+from cycleqd.run.configs import CONF_DIR, compose, sweep
 
 # Hydra's flags: those that take a value, and those that make it print instead of run.
-_VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c", "--package", "-p", "--experimental-rerun"}
+_VALUE_FLAGS = {
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--experimental-rerun",
+}
 _PRINT_FLAGS = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--version"}
 
 
@@ -56,7 +68,13 @@ def _check_run_args(args: list[str]) -> bool:
     from cycleqd.run.lock import in_use_message, is_locked
 
     flags, overrides = _split_hydra_args(args)
-    if any(f in _PRINT_FLAGS for f in flags) or {"--config-path", "-cp", "--config-dir", "-cd", "--experimental-rerun"} & set(flags):
+    if any(f in _PRINT_FLAGS for f in flags) or {
+        "--config-path",
+        "-cp",
+        "--config-dir",
+        "-cd",
+        "--experimental-rerun",
+    } & set(flags):
         return False  # Hydra prints or composes from elsewhere: the job itself checks its config
     name = flags.get("--config-name") or flags.get("-cn") or "config"
     multirun = "-m" in flags or "--multirun" in flags
@@ -69,7 +87,10 @@ def _check_run_args(args: list[str]) -> bool:
         if cfg.dry_run:
             for w in components.warnings:
                 print(f"warning: {w}", file=sys.stderr)
-            print(f"config valid: {len(components.tasks)} tasks {components.names}, {cfg.generations} generations, model {cfg.model.kind}" + (f" ({' '.join(job)})" if multirun else ""))
+            print(
+                f"config valid: {len(components.tasks)} tasks {components.names}, {cfg.generations} generations, model {cfg.model.kind}"
+                + (f" ({' '.join(job)})" if multirun else "")
+            )
         if not multirun:
             try:
                 run_dir = Path(cfg.hydra.run.dir)
@@ -80,7 +101,10 @@ def _check_run_args(args: list[str]) -> bool:
 
                 raise RunInUse(in_use_message(run_dir))
             if (run_dir / "checkpoint" / "state.ckpt").is_file():
-                raise ConfigError("hydra.run.dir", f"{str(run_dir)!r} already holds a run: resume it with `cycleqd resume {run_dir}` or choose another directory")
+                raise ConfigError(
+                    "hydra.run.dir",
+                    f"{str(run_dir)!r} already holds a run: resume it with `cycleqd resume {run_dir}` or choose another directory",
+                )
     return dry
 
 
@@ -120,7 +144,10 @@ def _guarded(cmd: str, fn, run_dir: Path | None = None):
         sys.exit(e.exit_code)
     except KeyboardInterrupt as e:
         hint = f"; resume with: cycleqd resume {run_dir}" if run_dir is not None else ""
-        print(f"cycleqd {cmd}: interrupted ({e or 'SIGINT'}) before a safe point, nothing written since the last checkpoint{hint}", file=sys.stderr)
+        print(
+            f"cycleqd {cmd}: interrupted ({e or 'SIGINT'}) before a safe point, nothing written since the last checkpoint{hint}",
+            file=sys.stderr,
+        )
         sys.exit(130)
 
 
@@ -162,8 +189,12 @@ def _chosen_line(info: dict) -> list[str]:
     elite, e = next((k, v) for k, v in info["candidates"].items() if k != "merge")
     m_text = "failed" if m is None else f"{100 * m:.1f}"
     if info["chosen"] == "elite":
-        return [f"final model: {elite.replace(':', ' ')}, the best elite by mean (opt mean {100 * e:.1f}; {merge}: {m_text})"]
-    return [f"final model: {merge} (opt mean {m_text}; the best elite by mean, {elite.replace(':', ' ')}: {100 * e:.1f})"]
+        return [
+            f"final model: {elite.replace(':', ' ')}, the best elite by mean (opt mean {100 * e:.1f}; {merge}: {m_text})"
+        ]
+    return [
+        f"final model: {merge} (opt mean {m_text}; the best elite by mean, {elite.replace(':', ' ')}: {100 * e:.1f})"
+    ]
 
 
 def _refine_line(r: dict | None) -> list[str]:
@@ -171,7 +202,9 @@ def _refine_line(r: dict | None) -> list[str]:
         return []
     found = "every candidate failed" if r["opt_mean"] is None else f"best opt mean {100 * r['opt_mean']:.1f}"
     verdict = "kept" if r["applied"] else "not kept"
-    return [f"  refined by CMA-ES over per-layer expert coefficients: {r['evaluations']} opt evaluations, {found}, {verdict}"]
+    return [
+        f"  refined by CMA-ES over per-layer expert coefficients: {r['evaluations']} opt evaluations, {found}, {verdict}"
+    ]
 
 
 def format_summary(summary: dict) -> str:
@@ -184,30 +217,48 @@ def format_summary(summary: dict) -> str:
     rows.append((f"{search} (final)", summary["final"], None))
     lower = _lower_is_better(summary)
     width = max(len(r[0]) for r in rows) + 2
-    head = "model".ljust(width) + "".join((t[:9] + "↓" if t in lower else t[:10]).rjust(11) for t in tasks) + "mean".rjust(9)
+    head = (
+        "model".ljust(width)
+        + "".join((t[:9] + "↓" if t in lower else t[:10]).rjust(11) for t in tasks)
+        + "mean".rjust(9)
+    )
     head += "  final − model [95% CI]" if vs else ""
     lines = [head, "-" * len(head)]
     lines += [name.ljust(width) + _score_cells(s, tasks, lower) + _difference(d) for name, s, d in rows]
     if vs:
         lines.append("(test-mean points; paired bootstrap over the test prompts, stratified by task)")
     if lower:
-        lines.append("↓ lower is better, shown as the task's own score; the mean and differences count its utility "
-                     + ", ".join(f"({m.high:g} − {t}) / {m.high - m.low:g}" for t, m in lower.items()))
+        lines.append(
+            "↓ lower is better, shown as the task's own score; the mean and differences count its utility "
+            + ", ".join(f"({m.high:g} − {t}) / {m.high - m.low:g}" for t, m in lower.items())
+        )
     lines.append("")
     if search == "cycleqd":
-        lines.append(f"generations {summary['generations']}, evaluations {summary['evaluations']}, wall time {summary['wall_time_s']:.0f}s")
+        lines.append(
+            f"generations {summary['generations']}, evaluations {summary['evaluations']}, wall time {summary['wall_time_s']:.0f}s"
+        )
         lines += _final_line(summary.get("final_elites") or {})
     else:
-        lines.append(f"search {search} over per-layer merge coefficients: {summary['evaluations']} opt evaluations, wall time {summary['wall_time_s']:.0f}s")
+        lines.append(
+            f"search {search} over per-layer merge coefficients: {summary['evaluations']} opt evaluations, "
+            f"wall time {summary['wall_time_s']:.0f}s"
+        )
     failures = summary.get("failures") or {}
     if failures.get("count"):
-        lines.append(f"failed evaluations {failures['count']}: " + ", ".join(f"{k} {v}" for k, v in failures["by_reason"].items()))
+        lines.append(
+            f"failed evaluations {failures['count']}: "
+            + ", ".join(f"{k} {v}" for k, v in failures["by_reason"].items())
+        )
     for what, why in (summary.get("failed") or {}).items():
         lines.append(f"FAILED {what}: {why}")
     if summary["archives"]:
-        lines.append("archive".ljust(width) + "coverage".rjust(11) + "qd_score".rjust(11) + "best".rjust(9) + "elites".rjust(9))
+        lines.append(
+            "archive".ljust(width) + "coverage".rjust(11) + "qd_score".rjust(11) + "best".rjust(9) + "elites".rjust(9)
+        )
     for t, a in summary["archives"].items():
-        lines.append(t.ljust(width) + f"{a['coverage']:11.3f}{a['qd_score']:11.2f}{100 * a['best']:9.1f}{a['num_elites']:9d}")
+        lines.append(
+            t.ljust(width) + f"{a['coverage']:11.3f}{a['qd_score']:11.2f}{100 * a['best']:9.1f}{a['num_elites']:9d}"
+        )
     lines += [f"descriptor range: {line}" for line in summary.get("range_warnings") or []]
     return "\n".join(lines)
 
@@ -276,7 +327,9 @@ def _baselines(overrides: list[str]) -> None:
         r = Run(cfg, Path(tmp))
         try:
             r.setup()
-            baselines, chosen, failed = static_merges([r.experts[t] for t in r.names], r.c.baselines, r.scores, cfg.seed)
+            baselines, chosen, failed = static_merges(
+                [r.experts[t] for t in r.names], r.c.baselines, r.scores, cfg.seed
+            )
             experts = dict(zip(r.experts, r.scores([(tv, "test") for tv in r.experts.values()])))
         finally:
             r.pool.close()
@@ -295,8 +348,8 @@ def _baselines(overrides: list[str]) -> None:
 
 
 def _evaluate(model_dir: str, overrides: list[str], split: str) -> None:
-    from cycleqd.run.components import build_tasks
     from cycleqd.evaluation.scoring import evaluate_model
+    from cycleqd.run.components import build_tasks
 
     cfg = compose(overrides)
     tasks = build_tasks(cfg)
@@ -305,7 +358,9 @@ def _evaluate(model_dir: str, overrides: list[str], split: str) -> None:
     scores = {t.name: t.measure.score(utilities[t.name]) for t in tasks}
     for t in tasks:
         lower = t.measure.direction == "min"
-        print(f"{t.name:20s}" + (f"{scores[t.name]:8.4g}  (lower is better)" if lower else f"{100 * scores[t.name]:8.1f}"))
+        print(
+            f"{t.name:20s}" + (f"{scores[t.name]:8.4g}  (lower is better)" if lower else f"{100 * scores[t.name]:8.1f}")
+        )
     print(json.dumps(scores))
 
 
@@ -323,8 +378,12 @@ def _resume(run_dir: str, overrides: list[str]) -> None:
         try:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
         except Exception as e:
-            raise ConfigError(overrides[0].split("=", 1)[0], f"cannot apply the overrides {overrides} ({str(e).splitlines()[0]})") from None
-    summary = _guarded("resume", lambda: run(cfg, Path(run_dir), resume=True, write_config=bool(overrides)), Path(run_dir))
+            raise ConfigError(
+                overrides[0].split("=", 1)[0], f"cannot apply the overrides {overrides} ({str(e).splitlines()[0]})"
+            ) from None
+    summary = _guarded(
+        "resume", lambda: run(cfg, Path(run_dir), resume=True, write_config=bool(overrides)), Path(run_dir)
+    )
     print(format_summary(summary))
 
 
@@ -337,10 +396,16 @@ def _parser(cmd: str, rest: list[str]) -> argparse.Namespace:
     elif cmd == "compare":
         parser.add_argument("sweep_dir")
         parser.add_argument("--csv", default=None, help="where to write the CSV (default SWEEP_DIR/compare.csv)")
-        parser.add_argument("--by", default=None, help="a config key to aggregate over (e.g. seed): mean ± sd per configuration")
+        parser.add_argument(
+            "--by", default=None, help="a config key to aggregate over (e.g. seed): mean ± sd per configuration"
+        )
     elif cmd == "evidence":
         parser.add_argument("roots", nargs="+", help="sweep directories (or any folders of runs)")
-        parser.add_argument("--reference", default="search=cycleqd", help="the method the others are compared with (its overrides, seed left out)")
+        parser.add_argument(
+            "--reference",
+            default="search=cycleqd",
+            help="the method the others are compared with (its overrides, seed left out)",
+        )
         parser.add_argument("--plot", default=None, help="write the best-score-against-evaluations plot here (PNG)")
         parser.add_argument("--json", default=None, help="write the table as JSON here")
     elif cmd == "select":
@@ -355,7 +420,9 @@ def _parser(cmd: str, rest: list[str]) -> argparse.Namespace:
         parser.add_argument("--rank", type=int, default=None, help="LoRA rank for full-weight elites (peft)")
     elif cmd == "evaluate":
         parser.add_argument("model_dir")
-        parser.add_argument("overrides", nargs="*", help="Hydra overrides choosing the tasks, e.g. task=[addition,sorting]")
+        parser.add_argument(
+            "overrides", nargs="*", help="Hydra overrides choosing the tasks, e.g. task=[addition,sorting]"
+        )
         parser.add_argument("--split", default="test", choices=["opt", "test"])
     return parser.parse_args(rest)
 
@@ -367,7 +434,9 @@ def _export(args) -> None:
     print(f"written: {out}")
     kept = json.loads((Path(out) / "cycleqd.json").read_text()).get("scores_truncated")
     if kept:
-        print("scores the rank-%d adapter keeps (opt split): %s" % (args.rank, {t: round(v, 4) for t, v in kept.items()}))
+        print(
+            "scores the rank-%d adapter keeps (opt split): %s" % (args.rank, {t: round(v, 4) for t, v in kept.items()})
+        )
 
 
 COMMANDS = ("run", "resume", "show", "compare", "evidence", "select", "export", "evaluate", "baselines")

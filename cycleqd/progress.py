@@ -64,7 +64,16 @@ class Progress:
             done = self.done - self._start
             eta = elapsed / done * (self.total - self.done) if done else float("nan")
             extra = "".join(f", {k} {v}" for k, v in self.postfix.items())
-            log.info("%s: %d/%d %ss, %.0fs elapsed, ETA %.0fs%s", self.desc, self.done, self.total, self.unit, elapsed, eta, extra)
+            log.info(
+                "%s: %d/%d %ss, %.0fs elapsed, ETA %.0fs%s",
+                self.desc,
+                self.done,
+                self.total,
+                self.unit,
+                elapsed,
+                eta,
+                extra,
+            )
 
     def close(self) -> None:
         if self.bar is not None:

@@ -33,7 +33,9 @@ def differences(a: Items, b: Items) -> dict[str, np.ndarray]:
     return out
 
 
-def paired_bootstrap(diffs: Sequence[Mapping[str, np.ndarray]], *, resamples: int = RESAMPLES, level: float = LEVEL, seed: int = 0) -> dict:
+def paired_bootstrap(
+    diffs: Sequence[Mapping[str, np.ndarray]], *, resamples: int = RESAMPLES, level: float = LEVEL, seed: int = 0
+) -> dict:
     """The mean over runs of the test-mean difference, with its percentile interval.
 
     Args:
@@ -76,4 +78,6 @@ def paired_bootstrap(diffs: Sequence[Mapping[str, np.ndarray]], *, resamples: in
 def compare_to(reference: str, items: Mapping[str, Items], **kw) -> dict[str, dict]:
     """``reference`` against every other model in ``items`` (label → task → per-item results)."""
     ref = items[reference]
-    return {label: paired_bootstrap([differences(ref, other)], **kw) for label, other in items.items() if label != reference}
+    return {
+        label: paired_bootstrap([differences(ref, other)], **kw) for label, other in items.items() if label != reference
+    }

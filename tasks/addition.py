@@ -5,8 +5,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from cycleqd.checks import require
 from cycleqd.tasks.base import SyntheticTask
+
+from cycleqd.checks import require
 
 
 @dataclass

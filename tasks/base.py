@@ -118,9 +118,7 @@ class SyntheticTask(ItemTask):
     def evaluate_items(self, model: TextModel, split: str = "opt") -> list[float]:
         """Exact match (0 or 1) of the greedy output on each item of ``split``, in order."""
         items = self.split(split)
-        outputs = model.generate(
-            [p for p, _ in items], max_new_tokens=self.max_new_tokens, stop=(self.stop,)
-        )
+        outputs = model.generate([p for p, _ in items], max_new_tokens=self.max_new_tokens, stop=(self.stop,))
         return [self.score(o, a) for o, (_, a) in zip(outputs, items)]
 
 
@@ -137,7 +135,11 @@ class StringTask(SyntheticTask):
     def __post_init__(self) -> None:
         super().__post_init__()
         require(len(self.alphabet) > 0, "alphabet", "must be a non-empty string")
-        require(1 <= self.min_len <= self.max_len <= 1000, "min_len", f"must satisfy 1 <= min_len <= max_len <= 1000, got {self.min_len}, {self.max_len}")
+        require(
+            1 <= self.min_len <= self.max_len <= 1000,
+            "min_len",
+            f"must satisfy 1 <= min_len <= max_len <= 1000, got {self.min_len}, {self.max_len}",
+        )
 
     def transform(self, s: str) -> str:
         raise NotImplementedError

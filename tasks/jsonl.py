@@ -12,11 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cycleqd.tasks.base import SPLITS
+
 from cycleqd.checks import check_fields, require
 from cycleqd.errors import ConfigError
-from cycleqd.protocols import ItemTask, Measure, TextModel
 from cycleqd.evaluation.sandbox import Limits, run_python
-from cycleqd.tasks.base import SPLITS
+from cycleqd.protocols import ItemTask, Measure, TextModel
 
 
 @dataclass
@@ -49,10 +50,16 @@ class JsonlTask(ItemTask):
     def __post_init__(self) -> None:
         self.measure = Measure.of(self.measure)
         check_fields(self)
-        require(self.scorer in ("exact", "python_tests"), "scorer", f"must be 'exact' or 'python_tests', got {self.scorer!r}")
+        require(
+            self.scorer in ("exact", "python_tests"),
+            "scorer",
+            f"must be 'exact' or 'python_tests', got {self.scorer!r}",
+        )
         require(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
         require(self.workers >= 1, "workers", f"must be >= 1, got {self.workers}")
-        self.limits = Limits(timeout_s=self.timeout_s, cpu_s=max(1, math.ceil(self.timeout_s)), memory_mb=self.memory_mb)
+        self.limits = Limits(
+            timeout_s=self.timeout_s, cpu_s=max(1, math.ceil(self.timeout_s)), memory_mb=self.memory_mb
+        )
         self._items: dict[str, list[dict]] | None = None
 
     def prepare(self) -> None:
@@ -83,7 +90,9 @@ class JsonlTask(ItemTask):
                     raise ValueError(f"{self.path}:{n}: each line must be a JSON object")
                 missing = [k for k in ("split", "prompt", key) if k not in item]
                 if missing or item["split"] not in SPLITS:
-                    raise ValueError(f"{self.path}:{n}: needs 'split' in {SPLITS}, 'prompt' and {key!r}; missing {missing}")
+                    raise ValueError(
+                        f"{self.path}:{n}: needs 'split' in {SPLITS}, 'prompt' and {key!r}; missing {missing}"
+                    )
                 items[item["split"]].append(item)
             self._items = items
         if not self._items[split]:
@@ -98,7 +107,9 @@ class JsonlTask(ItemTask):
     def evaluate_items(self, model: TextModel, split: str = "opt") -> list[float]:
         """Each item's score (0 or 1) on ``split``, in file order."""
         items = self.split(split)
-        outputs = model.generate([i["prompt"] for i in items], max_new_tokens=self.max_new_tokens, stop=tuple(self.stop))
+        outputs = model.generate(
+            [i["prompt"] for i in items], max_new_tokens=self.max_new_tokens, stop=tuple(self.stop)
+        )
         if self.scorer == "exact" or self.workers == 1:
             return [float(self.score(o, i)) for o, i in zip(outputs, items)]
         with ThreadPoolExecutor(self.workers) as pool:

@@ -94,7 +94,9 @@ class LmEvalTask(ItemTask):
         try:
             from lm_eval.tasks import TaskManager
         except ImportError:
-            raise ConfigError("_target_", "cycleqd.tasks.lm_eval.LmEvalTask needs lm-eval: pip install -e '.[lm-eval]'") from None
+            raise ConfigError(
+                "_target_", "cycleqd.tasks.lm_eval.LmEvalTask needs lm-eval: pip install -e '.[lm-eval]'"
+            ) from None
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
         with _quiet():
             manager = TaskManager(include_path=self.include_path, include_defaults=False) if self.include_path else None
@@ -103,16 +105,27 @@ class LmEvalTask(ItemTask):
             config = _full_config(manager, self.task)
             own_split = config.get("test_split") or config.get("validation_split")
             test_split = self.test_split or own_split
-            require(test_split is not None, "test_split", f"lm-eval task {self.task!r} names no test or validation split: set test_split")
+            require(
+                test_split is not None,
+                "test_split",
+                f"lm-eval task {self.task!r} names no test or validation split: set test_split",
+            )
             self._loaded = {"test": self._load(manager, config, test_split)}
-            self._loaded["opt"] = self._load(manager, config, self.opt_split) if self.opt_split else self._loaded["test"]
+            self._loaded["opt"] = (
+                self._load(manager, config, self.opt_split) if self.opt_split else self._loaded["test"]
+            )
         metrics = [m["metric"] for m in config.get("metric_list") or []]
         self.metric = self.metric or (metrics[0] if metrics else None)
-        require(self.metric in metrics, "metric", f"lm-eval task {self.task!r} has metrics {metrics}, not {self.metric!r}")
+        require(
+            self.metric in metrics, "metric", f"lm-eval task {self.task!r} has metrics {metrics}, not {self.metric!r}"
+        )
         for split in SPLITS:
             aggregation = self._task(split).aggregation().get(self.metric)
-            require(getattr(aggregation, "__name__", "") == "mean", "metric",
-                    f"{self.metric!r} aggregates by {getattr(aggregation, '__name__', aggregation)!r}; cycleqd needs a per-document mean")
+            require(
+                getattr(aggregation, "__name__", "") == "mean",
+                "metric",
+                f"{self.metric!r} aggregates by {getattr(aggregation, '__name__', aggregation)!r}; cycleqd needs a per-document mean",
+            )
         n_test = len(self._task("test").eval_docs)
         rng = random.Random(f"{self.name}:{self.seed}")
         if self.opt_split:
@@ -121,11 +134,15 @@ class LmEvalTask(ItemTask):
         else:
             order = rng.sample(range(n_test), n_test)
             cut = round(n_test * self.opt_fraction)
-            require(0 < cut < n_test, "opt_fraction", f"leaves an empty split of the {n_test} documents of {test_split!r}")
+            require(
+                0 < cut < n_test, "opt_fraction", f"leaves an empty split of the {n_test} documents of {test_split!r}"
+            )
             opt_ids, test_ids = sorted(order[:cut]), sorted(order[cut:])
         if self.limit is not None and self.limit < len(opt_ids):
             opt_ids = sorted(rng.sample(opt_ids, self.limit))
-        require(len(opt_ids) > 0 and len(test_ids) > 0, "task", f"lm-eval task {self.task!r} has no documents in a split")
+        require(
+            len(opt_ids) > 0 and len(test_ids) > 0, "task", f"lm-eval task {self.task!r} has no documents in a split"
+        )
         self._ids = {"opt": opt_ids, "test": test_ids}
 
     def _load(self, manager, config: dict, split: str) -> dict:
@@ -135,7 +152,10 @@ class LmEvalTask(ItemTask):
         try:
             loaded = manager.load([{**config, **overrides}])
         except Exception as e:
-            raise ConfigError("task", f"lm-eval cannot load {self.task!r} with split {split!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            raise ConfigError(
+                "task",
+                f"lm-eval cannot load {self.task!r} with split {split!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+            ) from None
         return loaded
 
     def _task(self, split: str):
@@ -171,9 +191,16 @@ class LmEvalTask(ItemTask):
         """lm-eval's HF wrapper around the resident model object, built once per object."""
         inner, tokenizer = getattr(model, "model", None), getattr(model, "tokenizer", None)
         if inner is None or tokenizer is None:
-            raise TypeError(f"{type(model).__name__} exposes no transformers model and tokenizer (.model, .tokenizer) for lm-eval")
+            raise TypeError(
+                f"{type(model).__name__} exposes no transformers model and tokenizer (.model, .tokenizer) for lm-eval"
+            )
         if self._lm is None or self._lm[0] is not inner:
-            self._lm = (inner, _harness(pretrained=inner, tokenizer=tokenizer, batch_size=self.batch_size, add_bos_token=self.add_bos_token))
+            self._lm = (
+                inner,
+                _harness(
+                    pretrained=inner, tokenizer=tokenizer, batch_size=self.batch_size, add_bos_token=self.add_bos_token
+                ),
+            )
         return self._lm[1]
 
     def evaluate_items(self, model: TextModel, split: str = "opt") -> list[float]:
@@ -185,7 +212,12 @@ class LmEvalTask(ItemTask):
         name = next(iter(loaded["tasks"]))
         with _quiet():
             results = evaluator.evaluate(
-                self._harness_model(model), loaded, samples={name: ids}, bootstrap_iters=0, log_samples=True, verbosity="ERROR"
+                self._harness_model(model),
+                loaded,
+                samples={name: ids},
+                bootstrap_iters=0,
+                log_samples=True,
+                verbosity="ERROR",
             )
         by_id = {s["doc_id"]: float(s[self.metric]) for s in results["samples"][name]}
         return [by_id[i] for i in ids]
@@ -206,7 +238,9 @@ def _full_config(manager, task: str) -> dict:
     entry = manager.task_index.get(task)
     path = Path(entry.yaml_path) if entry is not None and entry.yaml_path else Path(task)
     if entry is None and not (path.suffix in (".yaml", ".yml") and path.is_file()):
-        raise ConfigError("task", f"{task!r} is not an lm-eval task name (under include_path or built in) or a task YAML")
+        raise ConfigError(
+            "task", f"{task!r} is not an lm-eval task name (under include_path or built in) or a task YAML"
+        )
     require(path.is_file(), "task", f"lm-eval task {task!r} has no YAML (python tasks are not supported)")
     config = dict(load_yaml(path, resolve_func=True))
     require("task" in config, "task", f"{task!r} is a group or a tag of lm-eval tasks: name one task")
@@ -261,13 +295,19 @@ def _quiet_hflm():
         def tok_encode(self, string, add_special_tokens=None, left_truncate_len=None, **kwargs):
             bos = self._bos_text() if add_special_tokens is not False else ""
             if bos and not string.startswith(bos):
-                return super().tok_encode(bos + string, add_special_tokens=False, left_truncate_len=left_truncate_len, **kwargs)
-            return super().tok_encode(string, add_special_tokens=add_special_tokens, left_truncate_len=left_truncate_len, **kwargs)
+                return super().tok_encode(
+                    bos + string, add_special_tokens=False, left_truncate_len=left_truncate_len, **kwargs
+                )
+            return super().tok_encode(
+                string, add_special_tokens=add_special_tokens, left_truncate_len=left_truncate_len, **kwargs
+            )
 
         def tok_batch_encode(self, strings, padding_side="left", left_truncate_len=None, truncation=False):
             bos = self._bos_text()
             strings = [s if not bos or s.startswith(bos) else bos + s for s in strings]
-            return super().tok_batch_encode(strings, padding_side=padding_side, left_truncate_len=left_truncate_len, truncation=truncation)
+            return super().tok_batch_encode(
+                strings, padding_side=padding_side, left_truncate_len=left_truncate_len, truncation=truncation
+            )
 
         def loglikelihood(self, requests, disable_tqdm: bool = False):
             return super().loglikelihood(requests, disable_tqdm=True)

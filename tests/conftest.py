@@ -43,7 +43,13 @@ def _lively(tmp_path_factory, cache, genome: bool) -> Path:
     from tests.tiny import lively_overrides
 
     run_dir = tmp_path_factory.mktemp("lively") / "reference"
-    cli("run", *lively_overrides(cache, LIVELY_GENERATIONS), "checkpoint_every=4", f"genome={str(genome).lower()}", f"hydra.run.dir={run_dir}")
+    cli(
+        "run",
+        *lively_overrides(cache, LIVELY_GENERATIONS),
+        "checkpoint_every=4",
+        f"genome={str(genome).lower()}",
+        f"hydra.run.dir={run_dir}",
+    )
     return run_dir
 
 

@@ -11,16 +11,41 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-TIMING = ("seconds", "evaluations_per_s", "elapsed_s", "workers", "in_flight", "queue_depth", "driver_peak_rss_mb")  # how, not what
+TIMING = (
+    "seconds",
+    "evaluations_per_s",
+    "elapsed_s",
+    "workers",
+    "in_flight",
+    "queue_depth",
+    "driver_peak_rss_mb",
+)  # how, not what
 
 
 # What a run imports: a process that has them forks each command-line run instead of
 # starting an interpreter that imports them again (about 10 s of a 25 s tiny run on 2 cores).
 PRELOAD = [
-    "cycleqd", "cycleqd.cli", "cycleqd.run.runner", "cycleqd.run.components", "cycleqd.models.embedded", "cycleqd.run.configs",
-    "hydra", "omegaconf", "matplotlib.pyplot", "ribs.visualize", "tabulate", "peft", "safetensors.torch",
-    "transformers.masking_utils", "transformers.modeling_layers", "transformers.utils.type_validators",
-    "transformers.models.llama.modeling_llama", "cycleqd.tasks.base", "cycleqd.tasks.addition", "cycleqd.tasks.reversal", "cycleqd.tasks.sorting",
+    "cycleqd",
+    "cycleqd.cli",
+    "cycleqd.run.runner",
+    "cycleqd.run.components",
+    "cycleqd.models.embedded",
+    "cycleqd.run.configs",
+    "hydra",
+    "omegaconf",
+    "matplotlib.pyplot",
+    "ribs.visualize",
+    "tabulate",
+    "peft",
+    "safetensors.torch",
+    "transformers.masking_utils",
+    "transformers.modeling_layers",
+    "transformers.utils.type_validators",
+    "transformers.models.llama.modeling_llama",
+    "cycleqd.tasks.base",
+    "cycleqd.tasks.addition",
+    "cycleqd.tasks.reversal",
+    "cycleqd.tasks.sorting",
 ]
 _forkserver = None
 
@@ -132,7 +157,9 @@ def one_line_error(proc: subprocess.CompletedProcess) -> str:
     """The process failed with exactly one line on stderr and no traceback; returns that line."""
     assert proc.returncode != 0, proc.stdout[-2000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("[")]  # log lines start with [time]
+    lines = [
+        line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("[")
+    ]  # log lines start with [time]
     assert len(lines) == 1, proc.stderr[-3000:]
     return lines[0]
 
@@ -153,7 +180,9 @@ def run_fingerprint(run_dir: Path) -> dict:
     return {
         "summary": summary,
         "metrics": metrics,
-        "table": table.read_text() if (table := run_dir / "elites" / "table.csv").is_file() else None,  # a search run has none
+        "table": table.read_text()
+        if (table := run_dir / "elites" / "table.csv").is_file()
+        else None,  # a search run has none
         "elite_files": {p.name: _sha(p) for p in sorted((run_dir / "elites").glob("elite-*"))},
         "final": _sha(run_dir / "final.safetensors"),
     }

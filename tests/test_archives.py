@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import pytest
+from cycleqd.tasks.base import Measure
 
 from cycleqd.core.archives import CyclicArchives, range_warnings
-from cycleqd.tasks.base import Measure
 
 TASKS = ["a", "b", "c"]
 BINS = 10
@@ -108,8 +108,12 @@ def test_range_warnings_name_the_bound_a_score_passes():
     }
     loss = measures["loss"]
     scores = {
-        "expert a": {"addition": 0.664, "sorting": 0.7, "loss": loss.utility(2.0)},   # addition above its range
-        "expert b": {"addition": 0.5, "sorting": 0.42, "loss": loss.utility(0.5)},    # at high: inside; below low; loss clipped
+        "expert a": {"addition": 0.664, "sorting": 0.7, "loss": loss.utility(2.0)},  # addition above its range
+        "expert b": {
+            "addition": 0.5,
+            "sorting": 0.42,
+            "loss": loss.utility(0.5),
+        },  # at high: inside; below low; loss clipped
         "expert c": {"addition": 0.1, "sorting": 1.0, "loss": loss.utility(4.0), "unmeasured": 9.0},
     }
     lines = range_warnings(measures, scores)
@@ -122,7 +126,10 @@ def test_range_warnings_name_the_bound_a_score_passes():
     # the range it proposes is a multiple of 0.05 past the score, never past [0, 1]
     at_edges = range_warnings(measures, {"e": {"addition": 0.65, "sorting": 0.0}, "f": {"addition": 0.9999}})
     assert [line.rsplit("; ", 1)[1] for line in at_edges] == [
-        "task.addition.measure.high=0.65 covers it", "task.sorting.measure.low=0 covers it", "task.addition.measure.high=1 covers it"]
+        "task.addition.measure.high=0.65 covers it",
+        "task.sorting.measure.low=0 covers it",
+        "task.addition.measure.high=1 covers it",
+    ]
     # a lower-is-better score's utility is clipped into its range: like its mirror, never outside
     assert [loss.outside(loss.utility(x)) for x in (0.5, 1.0, 3.0, 4.0)] == [None] * 4
     assert range_warnings(measures, {"inside": {"addition": 0.25, "sorting": 0.75, "loss": loss.utility(2.0)}}) == []
@@ -311,6 +318,8 @@ def test_pickling_keeps_the_occupied_cells_in_order_and_each_genome_once():
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), t  # same rows, same order
     assert back.stats() == arch.stats()
     # the same draws from the restored archives
-    assert [p.id for p in arch.sample_parents("b", 2, np.random.default_rng(5))] == [p.id for p in back.sample_parents("b", 2, np.random.default_rng(5))]
+    assert [p.id for p in arch.sample_parents("b", 2, np.random.default_rng(5))] == [
+        p.id for p in back.sample_parents("b", 2, np.random.default_rng(5))
+    ]
     allocated = 3 * 25 * 400 * 4  # what pyribs holds: every cell of every archive
     assert len(blob) < 4 * 400 * len(arch.alive_ids()) + 20_000 < allocated

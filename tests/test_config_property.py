@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from cycleqd.cli import _check_run_args
-from cycleqd.run.configs import compose
 from cycleqd.errors import CycleQDError
+from cycleqd.run.configs import compose
 from tests.tiny import tiny_overrides
 
 BASE = tiny_overrides(Path("/nonexistent-cache"))
@@ -29,7 +29,26 @@ def _leaves(node, prefix=""):
 
 
 KEYS = sorted(_leaves(OmegaConf.to_container(compose(BASE), resolve=False)))
-TRICKY = ["bogus", "${nope}", "[", "]", "'", '"', "=", ",", "-1", "0", "1e309", "null", "true", "", "???", "[1,2]", "{a: 1}", "a b"]
+TRICKY = [
+    "bogus",
+    "${nope}",
+    "[",
+    "]",
+    "'",
+    '"',
+    "=",
+    ",",
+    "-1",
+    "0",
+    "1e309",
+    "null",
+    "true",
+    "",
+    "???",
+    "[1,2]",
+    "{a: 1}",
+    "a b",
+]
 
 
 def _render(v) -> str:
@@ -58,7 +77,11 @@ values = st.one_of(
 )
 
 
-@settings(max_examples=int(os.environ.get("CYCLEQD_PROPERTY_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=int(os.environ.get("CYCLEQD_PROPERTY_EXAMPLES", "150")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(key=st.sampled_from(KEYS), value=values, plus=st.booleans())
 def test_any_override_validates_or_names_its_key(tmp_path: Path, key: str, value: str, plus: bool):
     cache = tmp_path / "cache"

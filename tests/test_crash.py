@@ -24,9 +24,12 @@ G = LIVELY_GENERATIONS
 
 
 def _args(cache: Path, run_dir: Path, genome: bool = False) -> list[str]:
-    return [*lively_overrides(cache, G), "checkpoint_every=4", f"genome={str(genome).lower()}", f"hydra.run.dir={run_dir}"]
-
-
+    return [
+        *lively_overrides(cache, G),
+        "checkpoint_every=4",
+        f"genome={str(genome).lower()}",
+        f"hydra.run.dir={run_dir}",
+    ]
 
 
 def _last_point(log: Path) -> str:
@@ -92,7 +95,9 @@ def test_killed_at_random_moments_resumes_to_the_uninterrupted_run(tmp_path: Pat
         kills.append(_last_point(log))
     assert len(kills) >= 10 and final_kills >= 2, kills
     assert kills[0] == "evaluate on opt", kills  # seeding, before the first checkpoint
-    assert any(k.startswith("write state.ckpt") for k in kills) and any(k.startswith("write elite") for k in kills), kills
+    assert any(k.startswith("write state.ckpt") for k in kills) and any(k.startswith("write elite") for k in kills), (
+        kills
+    )
 
     cli("resume", str(run_dir))
     assert run_fingerprint(run_dir) == run_fingerprint(lively_run), kills
@@ -114,7 +119,12 @@ def test_a_killed_search_resumes_to_the_uninterrupted_search(tmp_path: Path, cac
     # A round's fault points: "evaluation <done>", one per candidate, then the checkpoint's write.
     half, before, after = batch + 2, batch + 3, batch + 4
     chain = [
-        ("evaluation 0", random.Random(1).randint(2, batch + 1), "evaluate on opt", None),  # no checkpoint yet: starts over
+        (
+            "evaluation 0",
+            random.Random(1).randint(2, batch + 1),
+            "evaluate on opt",
+            None,
+        ),  # no checkpoint yet: starts over
         (f"evaluation {batch}", half, "write state.ckpt: half written", batch),  # the old checkpoint stands
         (f"evaluation {batch}", after, "write state.ckpt: after rename", 2 * batch),
         (f"evaluation {2 * batch}", before, "write state.ckpt: before rename", 2 * batch),
@@ -124,7 +134,11 @@ def test_a_killed_search_resumes_to_the_uninterrupted_search(tmp_path: Path, cac
     for i, (armed, at, point, done) in enumerate(chain):
         log = tmp_path / f"faults-{i}.log"
         env = {"CYCLEQD_FAULT_LOG": str(log), "CYCLEQD_FAULT_AFTER": armed, "CYCLEQD_FAULT_AT": f"{at}:kill"}
-        proc = cli("run", *args, f"hydra.run.dir={run_dir}", env=env, check=False) if i == 0 else cli("resume", str(run_dir), env=env, check=False)
+        proc = (
+            cli("run", *args, f"hydra.run.dir={run_dir}", env=env, check=False)
+            if i == 0
+            else cli("resume", str(run_dir), env=env, check=False)
+        )
         assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
         assert point is None or _last_point(log) == point, (i, _last_point(log))
         ckpt = checkpoint.load(run_dir)
@@ -136,14 +150,26 @@ def test_a_killed_search_resumes_to_the_uninterrupted_search(tmp_path: Path, cac
     assert run_fingerprint(run_dir) == run_fingerprint(whole)
     assert "already finished" in cli("resume", str(run_dir)).stderr
     line = one_line_error(cli("resume", str(run_dir), f"search.evaluations={budget - 1}", check=False))
-    assert f"search.evaluations: the checkpoint is at evaluation {budget}, past this config's budget of {budget - 1} evaluations" in line, line
+    assert (
+        f"search.evaluations: the checkpoint is at evaluation {budget}, past this config's budget of {budget - 1} evaluations"
+        in line
+    ), line
     cli("resume", str(run_dir), f"search.evaluations={budget + batch}")  # a larger budget continues the search
-    assert json.loads((run_dir / "summary.json").read_text())["evaluations"] == checkpoint.load(run_dir).search["done"] == budget + batch
+    assert (
+        json.loads((run_dir / "summary.json").read_text())["evaluations"]
+        == checkpoint.load(run_dir).search["done"]
+        == budget + batch
+    )
 
 
 def test_a_full_disk_is_named_and_the_run_resumes(tmp_path: Path, cache: Path, lively_genome_run: Path):
     run_dir = tmp_path / "run"
-    proc = cli("run", *_args(cache, run_dir, genome=True), env={"CYCLEQD_FAULT_AFTER": "generation 10", "CYCLEQD_FAULT_AT": "4:enospc"}, check=False)
+    proc = cli(
+        "run",
+        *_args(cache, run_dir, genome=True),
+        env={"CYCLEQD_FAULT_AFTER": "generation 10", "CYCLEQD_FAULT_AT": "4:enospc"},
+        check=False,
+    )
     line = one_line_error(proc)
     assert "cannot write" in line and str(run_dir) in line and "No space left on device" in line, line
     assert checkpoint.load(run_dir).generation == 8
@@ -182,7 +208,15 @@ def test_sigint_and_sigterm_finish_the_generation_and_checkpoint(tmp_path: Path,
 
 def test_sigint_stops_a_search_after_its_round_with_a_checkpoint(tmp_path: Path, cache: Path):
     run_dir = tmp_path / "run"
-    args = ["run", *lively_overrides(cache, 10), "search=cmaes", "search.batch_size=4", "search.evaluations=400", "genome=true", f"hydra.run.dir={run_dir}"]
+    args = [
+        "run",
+        *lively_overrides(cache, 10),
+        "search=cmaes",
+        "search.batch_size=4",
+        "search.evaluations=400",
+        "genome=true",
+        f"hydra.run.dir={run_dir}",
+    ]
     proc = Started(args, {})
     _wait_for_generation(run_dir, 2, proc)
     proc.send_signal(signal.SIGINT)
@@ -190,7 +224,11 @@ def test_sigint_stops_a_search_after_its_round_with_a_checkpoint(tmp_path: Path,
     assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
     done = checkpoint.load(run_dir).search["done"]
     lines = [x for x in err.splitlines() if x.strip() and not x.startswith("[")]
-    assert len(lines) == 1 and f"SIGINT: stopped at evaluation {done} of 400" in lines[0] and f"cycleqd resume {run_dir}" in lines[0], err[-3000:]
+    assert (
+        len(lines) == 1
+        and f"SIGINT: stopped at evaluation {done} of 400" in lines[0]
+        and f"cycleqd resume {run_dir}" in lines[0]
+    ), err[-3000:]
     assert 8 <= done < 400 and len((run_dir / "metrics.jsonl").read_text().splitlines()) == done // 4
 
 
@@ -198,7 +236,10 @@ def test_one_writer_per_run_directory(tmp_path: Path, lively_run: Path):
     run_dir = tmp_path / "run"
     subprocess.run(["cp", "-r", str(lively_run), str(run_dir)], check=True)
     with RunLock(run_dir):
-        for args in (["resume", str(run_dir), "generations=45"], ["run", f"hydra.run.dir={run_dir}", *lively_overrides(Path("unused"))]):
+        for args in (
+            ["resume", str(run_dir), "generations=45"],
+            ["run", f"hydra.run.dir={run_dir}", *lively_overrides(Path("unused"))],
+        ):
             line = one_line_error(cli(*args, check=False))
             assert f"in use by pid {os.getpid()} on host" in line and str(run_dir) in line, line
     # A lock left by a process that died: the kernel released it, the file remains; resume goes on.

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from cycleqd.run import checkpoint
-from cycleqd.errors import DamagedFile
 from cycleqd.analysis.rundata import load_run
+from cycleqd.errors import DamagedFile
+from cycleqd.run import checkpoint
 from tests.runs import main, one_line_error
 
 
@@ -37,7 +37,11 @@ def _names(line: str, path: Path) -> None:
 def test_truncated_checkpoint(run_copy: Path):
     path = run_copy / "checkpoint" / "state.ckpt"
     _truncate(path)
-    for args in (["resume", str(run_copy)], ["select", str(run_copy)], ["export", str(run_copy), "--elite", "best:addition", "--out", str(run_copy / "x")]):
+    for args in (
+        ["resume", str(run_copy)],
+        ["select", str(run_copy)],
+        ["export", str(run_copy), "--elite", "best:addition", "--out", str(run_copy / "x")],
+    ):
         line = one_line_error(main(*args))
         _names(line, path)
         assert "truncated or corrupt" in line

@@ -33,7 +33,17 @@ def test_run_directory_contract(cli_run: Path):
     assert set(summary["experts"]) == set(TASKS)
     for scores in summary["experts"].values():
         _score_map(scores)
-    assert set(summary["baselines"]) == {"task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "model_stock"}
+    assert set(summary["baselines"]) == {
+        "task_arithmetic",
+        "ties",
+        "dare_linear",
+        "dare_ties",
+        "breadcrumbs",
+        "breadcrumbs_ties",
+        "della",
+        "della_linear",
+        "model_stock",
+    }
     for scores in summary["baselines"].values():
         _score_map(scores)
     assert summary["baseline_choices"]["task_arithmetic"]["scale"] in (0.5, 1.0)
@@ -71,14 +81,23 @@ def test_show_prints_the_table(cli_run: Path):
     out = subprocess.run(
         [sys.executable, "-m", "cycleqd.cli", "show", str(cli_run)], capture_output=True, text=True, check=True
     ).stdout
-    assert "expert: addition" in out and "baseline: task_arithmetic" in out and "cycleqd (final)" in out and "archive" in out
+    assert (
+        "expert: addition" in out
+        and "baseline: task_arithmetic" in out
+        and "cycleqd (final)" in out
+        and "archive" in out
+    )
     summary = json.loads((cli_run / "summary.json").read_text())
     final_mean = 100 * sum(summary["final"].values()) / 3
     assert f"{final_mean:.1f}" in out
     # every expert score outside its task's descriptor range is named, with the bound it passes
     measures = summary["measures"]
-    outside = [(e, t, "high" if v > measures[t]["high"] else "low") for e, by in summary["experts_opt"].items()
-               for t, v in by.items() if not measures[t]["low"] <= v <= measures[t]["high"]]
+    outside = [
+        (e, t, "high" if v > measures[t]["high"] else "low")
+        for e, by in summary["experts_opt"].items()
+        for t, v in by.items()
+        if not measures[t]["low"] <= v <= measures[t]["high"]
+    ]
     assert outside, "the tiny experts score below the demo's reversal and sorting ranges"
     assert len(summary["range_warnings"]) == len(outside)
     for (e, t, end), line in zip(outside, summary["range_warnings"]):
@@ -148,8 +167,8 @@ def test_lora_experts_stay_factored(tmp_path: Path, cache: Path):
 
 
 def test_cache_reuses_and_rebuilds(tmp_path: Path):
-    from cycleqd.run.components import build_tasks
     from cycleqd.models.embedded import EmbeddedRecipe, ExpertRecipe, TinyLlama, Training, ensure_embedded
+    from cycleqd.run.components import build_tasks
 
     tasks = build_tasks(compose_tiny(tmp_path))
     recipe = EmbeddedRecipe(

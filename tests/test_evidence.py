@@ -12,18 +12,18 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from cycleqd.tasks.sorting import Sorting
 from safetensors import safe_open
 
-from cycleqd.core.archives import CyclicArchives
-from cycleqd.run.components import FinalSpec
-from cycleqd.evaluation.scoring import score_tasks
 from cycleqd.analysis.evidence import curves
-from cycleqd.protocols import ItemScores, Measure
 from cycleqd.analysis.rundata import load_run
+from cycleqd.core.archives import CyclicArchives
 from cycleqd.core.searches import LayerCoefficients, Search, run_search
-from cycleqd.stats import compare_to, differences, paired_bootstrap
 from cycleqd.core.taskvector import TaskVector, linear_combination
-from cycleqd.tasks.sorting import Sorting
+from cycleqd.evaluation.scoring import score_tasks
+from cycleqd.protocols import ItemScores, Measure
+from cycleqd.run.components import FinalSpec
+from cycleqd.stats import compare_to, differences, paired_bootstrap
 from tests.runs import cli, main, run_fingerprint
 from tests.test_genome import TASKS as GENOME_TASKS
 from tests.test_genome import _setup
@@ -105,7 +105,12 @@ def test_test_scores_carry_their_items_and_an_overriding_task_is_scored_by_its_o
 def test_a_run_reports_its_differences_with_intervals(cli_run: Path):
     summary = json.loads((cli_run / "summary.json").read_text())
     items = json.loads((cli_run / "test_items.json").read_text())
-    labels = {"final", "base", *(f"expert:{t}" for t in summary["experts"]), *(f"baseline:{b}" for b in summary["baselines"])}
+    labels = {
+        "final",
+        "base",
+        *(f"expert:{t}" for t in summary["experts"]),
+        *(f"baseline:{b}" for b in summary["baselines"]),
+    }
     assert set(items) == labels
     for label, per_task in items.items():
         assert all(len(v) == 24 for v in per_task.values())  # n_test of the tiny tasks
@@ -113,7 +118,13 @@ def test_a_run_reports_its_differences_with_intervals(cli_run: Path):
         assert summary["final"][t] == pytest.approx(np.mean(items["final"][t]))
     assert set(summary["final_vs"]) == labels - {"final"}
     for label, d in summary["final_vs"].items():
-        other = summary["experts"][label[7:]] if label.startswith("expert:") else summary["base"] if label == "base" else summary["baselines"][label[9:]]
+        other = (
+            summary["experts"][label[7:]]
+            if label.startswith("expert:")
+            else summary["base"]
+            if label == "base"
+            else summary["baselines"][label[9:]]
+        )
         expected = np.mean([summary["final"][t] - other[t] for t in summary["tasks"]])
         assert d["diff"] == pytest.approx(expected) and d["ci"][0] <= d["diff"] <= d["ci"][1]
     out = main("show", str(cli_run)).stdout
@@ -150,7 +161,10 @@ class _Quadratic:
 
     def __call__(self, items):
         self.calls += len(items)
-        return [{"a": float(np.exp(-np.sum((x - self.target) ** 2))), "b": float(np.exp(-np.sum((x - self.target) ** 2)))} for x, _ in items]
+        return [
+            {"a": float(np.exp(-np.sum((x - self.target) ** 2))), "b": float(np.exp(-np.sum((x - self.target) ** 2)))}
+            for x, _ in items
+        ]
 
 
 class _Identity:
@@ -167,7 +181,9 @@ def test_cmaes_finds_the_optimum_that_random_search_misses_on_the_same_budget(bu
     for name in ("cmaes", "random"):
         objective = _Quadratic(target)
         curve = []
-        x, result, counts = run_search(Search(name=name, sigma0=0.2), _Identity(), objective, budget, seed=0, on_batch=curve.append)
+        x, result, counts = run_search(
+            Search(name=name, sigma0=0.2), _Identity(), objective, budget, seed=0, on_batch=curve.append
+        )
         assert objective.calls == counts["evaluations"] == budget  # the budget, to the evaluation
         assert [m["evaluations"] for m in curve][-1] == budget
         bests = [m["best_opt_mean"] for m in curve]
@@ -178,7 +194,12 @@ def test_cmaes_finds_the_optimum_that_random_search_misses_on_the_same_budget(bu
 
 
 def test_search_settings_are_checked():
-    for bad, key in ((dict(name="bogus"), "name"), (dict(sigma0=0), "sigma0"), (dict(low=1, high=0), "low"), (dict(x0=2.0), "x0")):
+    for bad, key in (
+        (dict(name="bogus"), "name"),
+        (dict(sigma0=0), "sigma0"),
+        (dict(low=1, high=0), "low"),
+        (dict(x0=2.0), "x0"),
+    ):
         with pytest.raises(ValueError, match=key):
             Search(**bad)
     assert Search().budget(3, 300, 1, 3) == 306 and Search(evaluations=50).budget(3, 300, 1, 3) == 50
@@ -191,13 +212,16 @@ def test_search_settings_are_checked():
 def test_refinement_settings_are_checked():
     from omegaconf import OmegaConf
 
-    from cycleqd.run.components import _final
     from cycleqd.errors import ConfigError
+    from cycleqd.run.components import _final
 
     for bad, message in (
         ({"refine": 1.5}, "final.refine: must be an integer >= 0 (opt evaluations; 0: none), got 1.5"),
         ({"refine_sigma0": 0}, "final.refine_sigma0: must be a number > 0, got 0"),
-        ({"refine_steps": 3}, "final.refine_steps: unknown key (the keys are choice, method, scales, refine, refine_sigma0)"),
+        (
+            {"refine_steps": 3},
+            "final.refine_steps: unknown key (the keys are choice, method, scales, refine, refine_sigma0)",
+        ),
     ):
         with pytest.raises(ConfigError) as e:
             _final(OmegaConf.create({"final": {"scales": [1.0], **bad}}))
@@ -208,14 +232,22 @@ def test_refinement_settings_are_checked():
 def _layered(seed: int) -> TaskVector:
     """A task vector over two transformer blocks and a parameter outside them."""
     gen = torch.Generator().manual_seed(seed)
-    return TaskVector({n: torch.randn(4, 4, generator=gen) for n in ("model.layers.0.w", "model.layers.1.w", "lm_head.weight")})
+    return TaskVector(
+        {n: torch.randn(4, 4, generator=gen) for n in ("model.layers.0.w", "model.layers.1.w", "lm_head.weight")}
+    )
 
 
 REFINE_EXPERTS = {"a": _layered(10), "b": _layered(11)}
 
 
 def _refine(
-    final: FinalSpec, model: TaskVector, before: float | None, target: TaskVector, failing: bool = False, info: dict | None = None, log: list | None = None
+    final: FinalSpec,
+    model: TaskVector,
+    before: float | None,
+    target: TaskVector,
+    failing: bool = False,
+    info: dict | None = None,
+    log: list | None = None,
 ) -> tuple[TaskVector, dict, Any]:
     """``Run.refine`` over two experts, every task scored by closeness to ``target`` (or
     every evaluation failing), after a search of 7 generations and 30 evaluations whose best
@@ -229,7 +261,10 @@ def _refine(
         evaluated.extend(items)
         if failing:
             return [Failure("raised", None, "boom") for _ in items]
-        return [{t: float(torch.exp(-sum(((m[n] - target[n]) ** 2).sum() for n in target) / 50)) for t in REFINE_EXPERTS} for m, _ in items]
+        return [
+            {t: float(torch.exp(-sum(((m[n] - target[n]) ** 2).sum() for n in target) / 50)) for t in REFINE_EXPERTS}
+            for m, _ in items
+        ]
 
     run = SimpleNamespace(
         c=SimpleNamespace(final=final), names=list(REFINE_EXPERTS), experts=REFINE_EXPERTS, basis=None, cfg=SimpleNamespace(seed=0),
@@ -248,7 +283,10 @@ def test_the_refinement_climbs_from_the_chosen_model_and_keeps_only_a_gain():
     experts, model = REFINE_EXPERTS, _layered(1)
     final = FinalSpec("quality", (1.0,), refine=40, refine_sigma0=0.2)
     # a target that per-layer coefficients of the experts reach from the chosen model
-    x = {"a": {"layer0": 0.4, "layer1": -0.3, "lm_head.weight": 0.2}, "b": {"layer0": -0.2, "layer1": 0.3, "lm_head.weight": 0.1}}
+    x = {
+        "a": {"layer0": 0.4, "layer1": -0.3, "lm_head.weight": 0.2},
+        "b": {"layer0": -0.2, "layer1": 0.3, "lm_head.weight": 0.1},
+    }
     target = TaskVector({n: model[n] + sum(x[t][layer_of(n)] * experts[t][n] for t in experts) for n in model})
     start = _refine(FinalSpec("quality", (1.0,)), model, None, target)[2]["a"]  # the chosen model's own score
 
@@ -268,7 +306,13 @@ def test_the_refinement_climbs_from_the_chosen_model_and_keeps_only_a_gain():
     # every candidate failed: the chosen model is kept, even when it had no opt mean of its own
     for before in (start, None):
         kept, info, _ = _refine(final, model, before, target, failing=True)
-        assert kept is model and info["refine"] == {"evaluations": 40, "failed": 40, "opt_mean_before": before, "opt_mean": None, "applied": False}
+        assert kept is model and info["refine"] == {
+            "evaluations": 40,
+            "failed": 40,
+            "opt_mean_before": before,
+            "opt_mean": None,
+            "applied": False,
+        }
     # none: nothing evaluated, nothing recorded
     none, info, _ = _refine(FinalSpec("quality", (1.0,)), model, start, target)
     assert none is model and info == {}
@@ -280,14 +324,31 @@ def test_the_refinement_rounds_continue_the_runs_progress_curve():
     which starts from the search's best and a merge scale's."""
     model, target = _layered(1), _layered(2)
     log: list = []
-    _, info, _ = _refine(FinalSpec("quality", (1.0, 1.5), refine=14), model, 0.01, target, info={"opt_mean": {1.0: 0.01, 1.5: 0.2}}, log=log)
+    _, info, _ = _refine(
+        FinalSpec("quality", (1.0, 1.5), refine=14),
+        model,
+        0.01,
+        target,
+        info={"opt_mean": {1.0: 0.01, 1.5: 0.2}},
+        log=log,
+    )
     # CMA-ES's population for 6 coefficients is 4 + ⌊3 ln 6⌋ = 9: a round of 9, then the last 5
-    assert info["refine"]["evaluations"] == 14 and [m["round"] for m in log] == [1, 2] and [m["generation"] for m in log] == [7, 8]
-    assert [m["evaluations"] for m in log] == [30 + 2 + 9, 30 + 2 + 14] and [m["refine_evaluations"] for m in log] == [9, 14]
+    assert (
+        info["refine"]["evaluations"] == 14
+        and [m["round"] for m in log] == [1, 2]
+        and [m["generation"] for m in log] == [7, 8]
+    )
+    assert [m["evaluations"] for m in log] == [30 + 2 + 9, 30 + 2 + 14] and [m["refine_evaluations"] for m in log] == [
+        9,
+        14,
+    ]
     assert all(m["phase"] == "refine" for m in log)
     for m in log:  # the merge's best scale (0.2) is the floor of the curve
         assert m["best_opt_mean"] == max(0.2, m["refine_best_opt_mean"])
-    assert log[1]["refine_best_opt_mean"] >= log[0]["refine_best_opt_mean"] and log[1]["refine_best_opt_mean"] == info["refine"]["opt_mean"]
+    assert (
+        log[1]["refine_best_opt_mean"] >= log[0]["refine_best_opt_mean"]
+        and log[1]["refine_best_opt_mean"] == info["refine"]["opt_mean"]
+    )
 
 
 def test_mean_quality_archives_score_every_elite_by_its_mean():
@@ -303,14 +364,23 @@ def test_a_search_run_and_a_sweep_compared_over_seeds(tmp_path: Path):
     """CycleQD and CMA-ES, two seeds each, as one Hydra multirun; CMA-ES spends CycleQD's
     budget; `compare --by seed` gives mean ± sd per search."""
     sweep = tmp_path / "sweep"
-    cli("run", "-m", *tiny_overrides(tmp_path / "cache", generations=3), "search=cycleqd,cmaes", "seed=0,1", f"hydra.sweep.dir={sweep}")
+    cli(
+        "run",
+        "-m",
+        *tiny_overrides(tmp_path / "cache", generations=3),
+        "search=cycleqd,cmaes",
+        "seed=0,1",
+        f"hydra.sweep.dir={sweep}",
+    )
     runs = {}
     for d in sorted(p for p in sweep.iterdir() if (p / "summary.json").is_file()):
         s = json.loads((d / "summary.json").read_text())
         runs.setdefault(s["search"], []).append((d, s))
     assert {k: len(v) for k, v in runs.items()} == {"cycleqd": 2, "cmaes": 2}
     for (d, s), (_, c) in zip(runs["cmaes"], runs["cycleqd"]):
-        assert s["archives"] == {} and s["opt_evaluations"] == c["opt_evaluations"] == 3 + 3 + 3  # experts, children, final scales
+        assert (
+            s["archives"] == {} and s["opt_evaluations"] == c["opt_evaluations"] == 3 + 3 + 3
+        )  # experts, children, final scales
         assert s["final_elites"]["search"] == "cmaes" and set(s["final_elites"]["coefficients"]) == set(s["tasks"])
         assert (d / "final.safetensors").is_file() and not (d / "elites" / "table.csv").exists()
         curve = [json.loads(x)["best_opt_mean"] for x in (d / "metrics.jsonl").read_text().splitlines()]
@@ -330,7 +400,16 @@ def test_a_search_run_and_a_sweep_compared_over_seeds(tmp_path: Path):
     means = [np.mean([sum(s["final"].values()) / 3 for _, s in runs["cmaes"]])]
     assert rows["cmaes"]["final_mean"].startswith(f"{means[0]:.3f} ± ")
     # the evidence table: CMA-ES against CycleQD, paired by seed, and the reference's static merges
-    out = main("evidence", str(sweep), "--reference", "search=cycleqd", "--plot", str(tmp_path / "best.png"), "--json", str(tmp_path / "t.json"))
+    out = main(
+        "evidence",
+        str(sweep),
+        "--reference",
+        "search=cycleqd",
+        "--plot",
+        str(tmp_path / "best.png"),
+        "--json",
+        str(tmp_path / "t.json"),
+    )
     assert out.returncode == 0, out.stderr
     rows = {r["method"]: r for r in json.loads((tmp_path / "t.json").read_text())}
     assert set(rows) >= {"search=cycleqd", "search=cmaes", "static: ties"} and rows["search=cycleqd"]["diff"] is None
@@ -339,7 +418,9 @@ def test_a_search_run_and_a_sweep_compared_over_seeds(tmp_path: Path):
     expected = np.mean([np.mean([c["final"][t] - r["final"][t] for t in r["tasks"]]) for (_, c), (_, r) in pairs])
     assert cm["diff"]["diff"] == pytest.approx(expected) and cm["diff"]["runs"] == 2 and cm["seeds"] == 2
     assert cm["diff"]["ci"][0] <= cm["diff"]["diff"] <= cm["diff"]["ci"][1]
-    assert cm["test_mean"] == pytest.approx(100 * np.mean([np.mean(list(s["final"].values())) for _, s in runs["cmaes"]]))
+    assert cm["test_mean"] == pytest.approx(
+        100 * np.mean([np.mean(list(s["final"].values())) for _, s in runs["cmaes"]])
+    )
     assert "search=cmaes" in out.stdout and (tmp_path / "best.png").read_bytes()[:4] == b"\x89PNG"
     # every curve ends at its run's budget; CycleQD's with its final model's opt mean
     drawn = curves([sweep])
@@ -348,7 +429,9 @@ def test_a_search_run_and_a_sweep_compared_over_seeds(tmp_path: Path):
     for (_, b), (_, c) in zip(drawn["search=cycleqd"], runs["cycleqd"]):  # seeds 0, 1
         assert b[-1] == pytest.approx(max(b[-2], 100 * np.mean(list(c["final_opt"].values()))))
     by_cmaes = main("evidence", str(sweep), "--reference", "search=cmaes")  # a search as the reference: no expert row
-    assert by_cmaes.returncode == 0 and "static: ties" in by_cmaes.stdout and "expert:" not in by_cmaes.stdout, by_cmaes.stderr
+    assert by_cmaes.returncode == 0 and "static: ties" in by_cmaes.stdout and "expert:" not in by_cmaes.stdout, (
+        by_cmaes.stderr
+    )
     missing = main("evidence", str(sweep), "--reference", "search=nope")
     assert missing.returncode != 0 and "--reference: no method 'search=nope'" in missing.stderr
 
@@ -366,7 +449,10 @@ def _final_choice(run_dir: Path, scales: int) -> tuple[dict, Any]:
     elites = load_run(run_dir).elites.drop_duplicates("id").sort_values(["mean_score", "id"], ascending=[False, True])
     top = elites.iloc[0]
     merge = info["opt_mean"][str(info["scale"])]
-    assert info["choice"] == "opt" and info["candidates"] == {"merge": merge, f"elite:{int(top['id'])}": pytest.approx(top["mean_score"])}
+    assert info["choice"] == "opt" and info["candidates"] == {
+        "merge": merge,
+        f"elite:{int(top['id'])}": pytest.approx(top["mean_score"]),
+    }
     final_opt = sum(s["final_opt"].values()) / len(s["final_opt"])
     assert final_opt == pytest.approx(max(merge, top["mean_score"]))  # evaluation is deterministic
     assert info["chosen"] == ("elite" if top["mean_score"] > merge else "merge")
@@ -388,7 +474,10 @@ def test_the_final_model_is_the_best_elite_when_it_is_better_on_opt(tmp_path: Pa
         final = {k: f.get_tensor(k) for k in f.keys()}
     elite = load_run(tmp_path).vector(int(top["id"]))
     assert set(final) == set(elite) and all(torch.equal(final[k], elite[k]) for k in final)
-    assert f"final model: elite {int(top['id'])}, the best elite by mean (opt mean {100 * top['mean_score']:.1f}" in cli("show", str(tmp_path)).stdout
+    assert (
+        f"final model: elite {int(top['id'])}, the best elite by mean (opt mean {100 * top['mean_score']:.1f}"
+        in cli("show", str(tmp_path)).stdout
+    )
 
 
 def test_the_papers_final_model_is_the_merge_without_choosing(tmp_path: Path, cache: Path):
@@ -404,23 +493,37 @@ def test_a_refined_final_model_is_written_scored_and_counted(tmp_path: Path, cac
     recorded per-layer coefficients times the experts."""
     from cycleqd.core.crossover import layer_of
 
-    cli("run", *lively_overrides(cache, 2), "final.choice=merge", "final.scales=[0.01]", "final.refine=6", "final.refine_sigma0=0.5", f"hydra.run.dir={tmp_path}")
+    cli(
+        "run",
+        *lively_overrides(cache, 2),
+        "final.choice=merge",
+        "final.scales=[0.01]",
+        "final.refine=6",
+        "final.refine_sigma0=0.5",
+        f"hydra.run.dir={tmp_path}",
+    )
     s = json.loads((tmp_path / "summary.json").read_text())
     info = s["final_elites"]
     r = info["refine"]
     assert r["evaluations"] == 6 and s["opt_evaluations"] == s["evaluations"] + 1 + 6  # the merge, then the refinement
     assert r["applied"] and r["opt_mean"] > r["opt_mean_before"] == info["opt_mean"]["0.01"]
-    assert sum(s["final_opt"].values()) / len(s["final_opt"]) == pytest.approx(r["opt_mean"])  # evaluation is deterministic
+    assert sum(s["final_opt"].values()) / len(s["final_opt"]) == pytest.approx(
+        r["opt_mean"]
+    )  # evaluation is deterministic
     run = load_run(tmp_path)
     basis = run.basis()
     experts = {t: basis.task_vector(basis.expert(t)).dense() for t in run.tasks}
-    merge = linear_combination([run.vector(e["id"]) for e in info["elites"]], [0.01 * e["weight"] for e in info["elites"]]).dense()
+    merge = linear_combination(
+        [run.vector(e["id"]) for e in info["elites"]], [0.01 * e["weight"] for e in info["elites"]]
+    ).dense()
     c = r["coefficients"]
     with safe_open(str(tmp_path / "final.safetensors"), "pt") as f:
         for n in f.keys():
             oracle = merge[n] + sum(c[t][layer_of(n)] * experts[t][n] for t in experts if n in experts[t])
             assert torch.allclose(f.get_tensor(n), oracle, atol=1e-5), n
-    assert "refined by CMA-ES over per-layer expert coefficients: 6 opt evaluations" in cli("show", str(tmp_path)).stdout
+    assert (
+        "refined by CMA-ES over per-layer expert coefficients: 6 opt evaluations" in cli("show", str(tmp_path)).stdout
+    )
     # its rounds end the run's progress curve at the run's opt evaluations
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     rounds = [m for m in lines if m.get("phase") == "refine"]
@@ -431,7 +534,14 @@ def test_a_refined_final_model_is_written_scored_and_counted(tmp_path: Path, cac
 
     # killed after the refinement and resumed: its rounds are logged once, as in the straight run
     killed = tmp_path / "killed"
-    args = (*lively_overrides(cache, 2), "final.choice=merge", "final.scales=[0.01]", "final.refine=6", "final.refine_sigma0=0.5", f"hydra.run.dir={killed}")
+    args = (
+        *lively_overrides(cache, 2),
+        "final.choice=merge",
+        "final.scales=[0.01]",
+        "final.refine=6",
+        "final.refine_sigma0=0.5",
+        f"hydra.run.dir={killed}",
+    )
     proc = cli("run", *args, env={"CYCLEQD_FAULT_AFTER": "final: scored", "CYCLEQD_FAULT_AT": "1:kill"}, check=False)
     assert proc.returncode != 0 and not (killed / "summary.json").exists()
     cli("resume", str(killed))

@@ -8,16 +8,16 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from cycleqd.tasks.base import Measure
 
 from cycleqd.core.archives import CyclicArchives
 from cycleqd.core.crossover import MergeCrossover
+from cycleqd.core.elite import EliteRecord
 from cycleqd.core.evolve import CycleQD
 from cycleqd.core.mutation import SVDMutation, expert_svds
 from cycleqd.core.operators import DenseOperators
-from cycleqd.core.elite import EliteRecord
-from cycleqd.run.store import EliteStore
 from cycleqd.core.taskvector import TaskVector
-from cycleqd.tasks.base import Measure
+from cycleqd.run.store import EliteStore
 
 TASKS = ["a", "b", "c"]
 SHAPE = (6, 5)
@@ -46,7 +46,12 @@ def fake_evaluate(tv: TaskVector) -> dict[str, float]:
 def _make(root, seed: int = 0, children: int = 1, sigma: float = 0.1) -> CycleQD:
     arch = CyclicArchives(tasks=TASKS, measures={t: Measure(low=0, high=1, bins=10) for t in TASKS}, seed=seed)
     experts = _experts()
-    operators = DenseOperators(MergeCrossover(sigma=sigma), SVDMutation(scale=0.3), {t: expert_svds(experts[t]) for t in TASKS}, EliteStore(root))
+    operators = DenseOperators(
+        MergeCrossover(sigma=sigma),
+        SVDMutation(scale=0.3),
+        {t: expert_svds(experts[t]) for t in TASKS},
+        EliteStore(root),
+    )
     return CycleQD(archives=arch, operators=operators, children_per_generation=children, seed=seed)
 
 

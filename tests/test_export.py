@@ -18,7 +18,7 @@ from tests.tiny import TASKS
 
 # Generation exactly as the evaluator does it (length-sorted batches, left padding, BOS,
 # newline as a stop token), importing nothing of cycleqd or tasks.
-STANDALONE = r'''
+STANDALONE = r"""
 import json, sys
 sys.modules["cycleqd"] = None  # any import of cycleqd fails: the export must stand alone
 sys.modules["tasks"] = None
@@ -43,7 +43,7 @@ for task, prompts in json.loads(open(prompts_file).read()).items():
         res[i] = r.split("\n", 1)[0]
     out[task] = res
 print(json.dumps(out))
-'''
+"""
 
 
 def _tasks(run_dir: Path):
@@ -59,7 +59,9 @@ def test_load_run_tables_every_elite(cli_run: Path):
     assert run.tasks == list(TASKS) and set(run.archives) == set(TASKS)
     table = (cli_run / "elites" / "table.csv").read_text().splitlines()[1:]
     assert len(run.elites) == len(table)
-    assert {"id", "archive", "cell", "objective", "measures", "generation", "parents", "mean_score"} <= set(run.elites.columns)
+    assert {"id", "archive", "cell", "objective", "measures", "generation", "parents", "mean_score"} <= set(
+        run.elites.columns
+    )
     for _, row in run.elites.iterrows():
         assert row["objective"] == pytest.approx(row[f"score_{row['archive']}"])
         if row["generation"] >= 0:
@@ -101,7 +103,10 @@ def test_exported_hf_model_scores_what_the_archive_recorded(cli_run: Path, tmp_p
     max_new = json.dumps({t.name: t.max_new_tokens for t in tasks})
     proc = subprocess.run(
         [sys.executable, "-c", STANDALONE, str(out), str(tmp_path / "prompts.json"), max_new],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     outputs = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -148,10 +153,19 @@ def test_export_errors_name_the_problem(cli_run: Path, tmp_path: Path):
 
 def test_evaluate_command_scores_an_exported_model_on_a_new_task(cli_run: Path, tmp_path: Path):
     out = export(cli_run, "best:reversal", "hf", tmp_path / "m")
-    overrides = ["task=[reversal,sorting]", "task.reversal.n_opt=24", "task.reversal.n_test=24", "task.sorting.n_opt=24", "task.sorting.n_test=24"]
+    overrides = [
+        "task=[reversal,sorting]",
+        "task.reversal.n_opt=24",
+        "task.reversal.n_test=24",
+        "task.sorting.n_opt=24",
+        "task.sorting.n_test=24",
+    ]
     proc = subprocess.run(
         [sys.executable, "-m", "cycleqd.cli", "evaluate", str(out), *overrides, "--split", "opt"],
-        capture_output=True, text=True, timeout=300, check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
     )
     scores = json.loads(proc.stdout.strip().splitlines()[-1])
     run = load_run(cli_run)
@@ -165,14 +179,19 @@ def test_baselines_command_runs_the_static_merges_alone(cache: Path):
 
     proc = subprocess.run(
         [sys.executable, "-m", "cycleqd.cli", "baselines", *tiny_overrides(cache)],
-        capture_output=True, text=True, timeout=600, check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
     )
     for name in ("expert: addition", "baseline: task_arithmetic", "baseline: ties", "baseline: breadcrumbs"):
         assert name in proc.stdout
     assert "scale=" in proc.stdout
 
 
-def test_an_elite_exports_to_the_same_weights_from_either_representation(lively_run: Path, lively_genome_run: Path, tmp_path: Path):
+def test_an_elite_exports_to_the_same_weights_from_either_representation(
+    lively_run: Path, lively_genome_run: Path, tmp_path: Path
+):
     """The two lively runs hold the same elites (same ids, same cells); exported, each is the same model."""
     from safetensors.torch import load_file
 

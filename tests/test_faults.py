@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cycleqd.run import checkpoint
 from cycleqd.errors import EvaluationFailed, TooManyFailures
+from cycleqd.run import checkpoint
 from cycleqd.run.runner import run
 from tests.tiny import compose_lively
 
@@ -45,7 +45,9 @@ def _elite_ids(run_dir: Path) -> set[int]:
         ("hang", "timeout", "evaluator.timeout_s=0.5"),
     ],
 )
-def test_a_misbehaving_task_is_a_recorded_failure(tmp_path: Path, cache: Path, monkeypatch, mode: str, reason: str, needle: str):
+def test_a_misbehaving_task_is_a_recorded_failure(
+    tmp_path: Path, cache: Path, monkeypatch, mode: str, reason: str, needle: str
+):
     monkeypatch.setenv("FAULTY", f"{mode}:3:opt")
     t0 = time.perf_counter()
     summary = run(compose_lively(cache, FAULTY, "evaluator.timeout_s=0.5"), tmp_path / "run")
@@ -65,7 +67,9 @@ def test_a_misbehaving_task_is_a_recorded_failure(tmp_path: Path, cache: Path, m
 
 def test_a_run_whose_experts_all_fail_stops_with_a_named_error(tmp_path: Path, cache: Path, monkeypatch):
     monkeypatch.setenv("FAULTY", "raise:1:opt")
-    with pytest.raises(EvaluationFailed, match=r"no expert could be evaluated.*addition: raised \(sorting\): RuntimeError: plugin bug"):
+    with pytest.raises(
+        EvaluationFailed, match=r"no expert could be evaluated.*addition: raised \(sorting\): RuntimeError: plugin bug"
+    ):
         run(compose_lively(cache, FAULTY), tmp_path / "run")
 
 
@@ -73,7 +77,10 @@ def test_failures_in_a_row_stop_the_run_with_a_checkpoint(tmp_path: Path, cache:
     cfg = compose_lively(cache, FAULTY, "evaluator.max_consecutive_failures=3")
     monkeypatch.setenv("FAULTY", "raise:1:opt")
     monkeypatch.setattr("tests.plugins.faulty.FaultySorting.evaluate", _fail_after_seeding)
-    with pytest.raises(TooManyFailures, match=r"3 evaluations in a row failed .* Checkpoint written at generation 3; fix the cause, then: cycleqd resume"):
+    with pytest.raises(
+        TooManyFailures,
+        match=r"3 evaluations in a row failed .* Checkpoint written at generation 3; fix the cause, then: cycleqd resume",
+    ):
         run(cfg, tmp_path / "run")
     assert checkpoint.load(tmp_path / "run").generation == 3
     monkeypatch.undo()
@@ -91,7 +98,10 @@ def _fail_after_seeding(self, model, split="opt"):
 
 
 def test_children_with_nan_weights_are_rejected_unevaluated(tmp_path: Path, cache: Path):
-    summary = run(compose_lively(cache, "mutation._target_=tests.plugins.faulty.NaNMutation", "+mutation.every=3"), tmp_path / "run")
+    summary = run(
+        compose_lively(cache, "mutation._target_=tests.plugins.faulty.NaNMutation", "+mutation.every=3"),
+        tmp_path / "run",
+    )
     failures = _failures(tmp_path / "run")
     assert len(failures) == 10 // 3
     assert all(f["reason"] == "nonfinite_weights" and f["task"] is None for f in failures)

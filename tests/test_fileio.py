@@ -8,20 +8,22 @@ import os
 import pytest
 
 from cycleqd import fileio
-from cycleqd.run import checkpoint
 from cycleqd.errors import DamagedFile, RunInUse, WriteFailed
+from cycleqd.run import checkpoint
 from cycleqd.run.lock import RunLock, is_locked
 
 
 @pytest.fixture
 def faults(monkeypatch, tmp_path):
     """Arm the fault hook: ``faults(at)`` makes the ``at``-th fault point raise ENOSPC."""
+
     def arm(at: int):
         monkeypatch.setattr(fileio, "_fault_count", 0)
         monkeypatch.setattr(fileio, "_fault_armed", False)
         monkeypatch.setattr(fileio, "_fault_fired", False)
         monkeypatch.setenv("CYCLEQD_FAULT_AT", f"{at}:enospc")
         monkeypatch.setenv("CYCLEQD_FAULT_LOG", str(tmp_path / "faults.log"))
+
     return arm
 
 

@@ -17,8 +17,16 @@ def _tiny_model():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = char_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                      num_key_value_heads=2, max_position_embeddings=32, pad_token_id=tok.pad_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+        pad_token_id=tok.pad_token_id,
+    )
     torch.manual_seed(0)
     return LlamaForCausalLM(cfg), tok
 
@@ -30,7 +38,12 @@ def test_fewer_examples_than_the_batch_size_still_trains():
     assert batch[0].shape[0] == 3  # every pair, in one batch
     before = [p.detach().clone() for p in model.parameters()]
     result = {}
-    worker = threading.Thread(target=lambda: result.update(loss=train(model, tok, pairs, Training(steps=3, batch_size=64), list(model.parameters()), answer_only=True)), daemon=True)
+    worker = threading.Thread(
+        target=lambda: result.update(
+            loss=train(model, tok, pairs, Training(steps=3, batch_size=64), list(model.parameters()), answer_only=True)
+        ),
+        daemon=True,
+    )
     worker.start()
     worker.join(timeout=60)
     assert not worker.is_alive(), "training on 3 examples with batch_size 64 never finished"

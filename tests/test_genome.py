@@ -16,9 +16,9 @@ from cycleqd.core.genome import Basis, ExpertBasis, cached_expert_basis, content
 from cycleqd.core.merging import Merge
 from cycleqd.core.mutation import SVDMutation, expert_svds
 from cycleqd.core.operators import DenseOperators, GenomeOperators, linear_in_genome
+from cycleqd.core.taskvector import LowRank, TaskVector, as_dense
 from cycleqd.protocols import Measure
 from cycleqd.run.store import EliteStore
-from cycleqd.core.taskvector import LowRank, TaskVector, as_dense
 
 TASKS = ["a", "b", "c"]
 SHAPES = {
@@ -38,7 +38,9 @@ def _experts(kind: str) -> dict[str, TaskVector]:
         deltas = {}
         for name, shape in SHAPES.items():
             if kind == "lora" and len(shape) == 2 and "embed" not in name:
-                deltas[name] = LowRank(torch.randn(shape[0], 3, generator=g) * 0.3, torch.randn(3, shape[1], generator=g) * 0.3)
+                deltas[name] = LowRank(
+                    torch.randn(shape[0], 3, generator=g) * 0.3, torch.randn(3, shape[1], generator=g) * 0.3
+                )
             else:
                 deltas[name] = torch.randn(shape, generator=g) * 0.1
         out[t] = TaskVector(deltas)
@@ -63,11 +65,15 @@ CROSSOVERS = [
 
 def _close(genome_delta: torch.Tensor, dense: torch.Tensor) -> None:
     scale = float(dense.abs().max()) + 1e-12
-    assert torch.allclose(genome_delta, dense, rtol=0, atol=2e-5 * scale), float((genome_delta - dense).abs().max()) / scale
+    assert torch.allclose(genome_delta, dense, rtol=0, atol=2e-5 * scale), (
+        float((genome_delta - dense).abs().max()) / scale
+    )
 
 
 @pytest.mark.parametrize("kind", ["full", "lora"])
-@pytest.mark.parametrize("crossover", CROSSOVERS, ids=["model", "layer", "layer_scaled", "linear_merge", "linear_lambda"])
+@pytest.mark.parametrize(
+    "crossover", CROSSOVERS, ids=["model", "layer", "layer_scaled", "linear_merge", "linear_lambda"]
+)
 def test_random_breeding_in_both_representations_makes_the_same_children(kind, crossover):
     experts, svds, basis = _setup(kind)
     mutation = SVDMutation(scale=0.5)
@@ -94,19 +100,29 @@ def test_random_breeding_in_both_representations_makes_the_same_children(kind, c
     if kind == "lora":
         tv = basis.factored(genome_pop[-1])
         assert max(d.rank for d in tv.values() if isinstance(d, LowRank)) <= 3 * len(TASKS)
-        assert max(d.rank for d in dense_pop[-1].values() if isinstance(d, LowRank)) > 3 * len(TASKS)  # the dense path's grows
+        assert max(d.rank for d in dense_pop[-1].values() if isinstance(d, LowRank)) > 3 * len(
+            TASKS
+        )  # the dense path's grows
 
 
 def test_the_loop_keeps_the_same_archives_in_both_representations(tmp_path):
     experts, svds, basis = _setup("full")
-    direction = {t: {n: torch.randn(s, generator=torch.Generator().manual_seed(99 + k)) for n, s in SHAPES.items()} for k, t in enumerate(TASKS)}
+    direction = {
+        t: {n: torch.randn(s, generator=torch.Generator().manual_seed(99 + k)) for n, s in SHAPES.items()}
+        for k, t in enumerate(TASKS)
+    }
 
     def evaluate(tv) -> dict[str, float]:
         # coarse scores, so float32 rounding between the representations cannot split a tie
-        return {t: round(float(np.clip(0.5 + 0.02 * sum(float((tv[n] * direction[t][n]).sum()) for n in SHAPES), 0, 1)), 2) for t in TASKS}
+        return {
+            t: round(float(np.clip(0.5 + 0.02 * sum(float((tv[n] * direction[t][n]).sum()) for n in SHAPES), 0, 1)), 2)
+            for t in TASKS
+        }
 
     def make(ops, solution_dim):
-        arch = CyclicArchives(tasks=TASKS, measures={t: Measure(0, 1, 10) for t in TASKS}, seed=1, solution_dim=solution_dim)
+        arch = CyclicArchives(
+            tasks=TASKS, measures={t: Measure(0, 1, 10) for t in TASKS}, seed=1, solution_dim=solution_dim
+        )
         return CycleQD(archives=arch, operators=ops, seed=4)
 
     crossover, mutation = MergeCrossover(sigma=0.3, granularity="layer"), SVDMutation(scale=0.5)
@@ -163,7 +179,9 @@ def test_expert_weights_are_the_projection_of_a_genome_on_each_expert(kind):
     experts, _, basis = _setup(kind)
     e = {t: basis.expert(t) for t in TASKS}
     assert basis.expert_weights(e["a"]) == pytest.approx({"a": 1.0, "b": 0.0, "c": 0.0})
-    assert basis.expert_weights(0.3 * e["a"] + 0.7 * e["b"] + 1.5 * e["c"]) == pytest.approx({"a": 0.3, "b": 0.7, "c": 1.5})
+    assert basis.expert_weights(0.3 * e["a"] + 0.7 * e["b"] + 1.5 * e["c"]) == pytest.approx(
+        {"a": 0.3, "b": 0.7, "c": 1.5}
+    )
     # Random coefficients on expert b's blocks alone: the weight is the projection <τ, τ_b> / ‖τ_b‖²,
     # computed densely (each singular direction counts by the energy it carries).
     rng = np.random.default_rng(0)

@@ -15,15 +15,18 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from cycleqd.errors import ConfigError
 from cycleqd.run.components import build, build_tasks
 from cycleqd.run.configs import CONF_DIR
-from cycleqd.errors import ConfigError
 from cycleqd.run.runner import Run
 from tests.runs import cli, main, one_line_error
 from tests.tiny import tiny_overrides
 
 REPO = Path(__file__).resolve().parent.parent
-GROUPS = {g: sorted(p.stem for p in (Path(CONF_DIR) / g).glob("*.yaml")) for g in ("crossover", "mutation", "evaluator", "logger", "experiment", "search")}
+GROUPS = {
+    g: sorted(p.stem for p in (Path(CONF_DIR) / g).glob("*.yaml"))
+    for g in ("crossover", "mutation", "evaluator", "logger", "experiment", "search")
+}
 
 
 def _compose(*overrides: str):
@@ -65,7 +68,10 @@ BAD_VALUES = [
     ("final.refine=-1", "final.refine: must be an integer >= 0 (opt evaluations; 0: none), got -1"),
     ("baselines.ties.density=[2.0]", "baselines.ties.density: must be in (0, 1], got 2.0"),
     ("baselines.ties.method=bogus", "baselines.ties.method: must be one of"),
-    ("baselines.della.epsilon=[0.5]", "baselines.della.epsilon: density ± epsilon must lie in (0, 1), got density=0.3, epsilon=0.5"),
+    (
+        "baselines.della.epsilon=[0.5]",
+        "baselines.della.epsilon: density ± epsilon must lie in (0, 1), got density=0.3, epsilon=0.5",
+    ),
     ("crossover=linear crossover.merge.scale=0", "crossover.merge.scale: must be positive, got 0"),
     ("archive=cvt archive.samples=5", "archive.samples: must be at least cells=225"),
     ("task.addition.measure.direction=down", "task.addition.measure.direction: must be max or min, got 'down'"),
@@ -80,7 +86,10 @@ BAD_VALUES = [
     ("crossover.sigmaa=1", "crossover.sigmaa: no such key (to add one, write +crossover.sigmaa=...)"),
     ("+crossover.foo=1", "crossover: TypeError: MergeCrossover.__init__() got an unexpected keyword argument 'foo'"),
     ("+foo=1", "foo: not a cycleqd setting"),
-    ("crossover=nope", "crossover: no config 'nope' in group 'crossover' (options: breadcrumbs, breadcrumbs_ties, cycleqd,"),
+    (
+        "crossover=nope",
+        "crossover: no config 'nope' in group 'crossover' (options: breadcrumbs, breadcrumbs_ties, cycleqd,",
+    ),
     ("task=[addition,nope]", "task: no config 'nope' in group 'task'"),
     ("seed=[1,2", "seed: cannot parse the override 'seed=[1,2'"),
     ("seed=1,2", "seed: ambiguous value '1,2'"),
@@ -117,7 +126,10 @@ def test_every_ablation_changes_what_it_says(ablation: str):
 
 
 def test_a_required_value_left_unset_is_named():
-    assert one_line_error(main("run", "model=hf", "experts=paths", "dry_run=true")) == "cycleqd run: model.path: must be set (the config leaves it ???)"
+    assert (
+        one_line_error(main("run", "model=hf", "experts=paths", "dry_run=true"))
+        == "cycleqd run: model.path: must be set (the config leaves it ???)"
+    )
 
 
 def test_a_dry_run_of_a_sweep_checks_every_job(tmp_path: Path):
@@ -142,7 +154,9 @@ def test_missing_model_and_expert_paths_are_named(tmp_path: Path):
     (tmp_path / "base" / "config.json").write_text('{"model_type": "llama", "hidden_size": 8}')
     (tmp_path / "e1").mkdir()
     (tmp_path / "e1" / "config.json").write_text('{"model_type": "llama", "hidden_size": 16}')
-    paths = f"+experts.paths={{addition: {tmp_path / 'e1'}, reversal: {tmp_path / 'missing'}, sorting: {tmp_path / 'e1'}}}"
+    paths = (
+        f"+experts.paths={{addition: {tmp_path / 'e1'}, reversal: {tmp_path / 'missing'}, sorting: {tmp_path / 'e1'}}}"
+    )
     cfg = _compose("model=hf", f"model.path={tmp_path / 'base'}", "experts=paths", paths.replace("+", "", 1))
     with pytest.raises(ConfigError, match="experts.paths.addition: hidden_size=16"):
         Run(cfg, tmp_path / "run")
@@ -166,7 +180,9 @@ def test_lora_experts_with_different_targets_are_rejected(tmp_path: Path):
 def _python_m_cli(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
     """A fresh interpreter: what a user's own PYTHONPATH and working directory give."""
     env = {**os.environ, "WANDB_MODE": "disabled", **env}
-    proc = subprocess.run([sys.executable, "-m", "cycleqd.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cycleqd.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -222,7 +238,13 @@ def test_sweep_and_compare(tmp_path: Path):
 
 def test_wandb_offline_writes_the_run(tmp_path: Path):
     run_dir = tmp_path / "run"
-    cli("run", *tiny_overrides(tmp_path / "cache", generations=2), "logger=wandb", f"hydra.run.dir={run_dir}", env={"WANDB_MODE": "offline"})
+    cli(
+        "run",
+        *tiny_overrides(tmp_path / "cache", generations=2),
+        "logger=wandb",
+        f"hydra.run.dir={run_dir}",
+        env={"WANDB_MODE": "offline"},
+    )
     runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     assert list(runs[0].glob("*.wandb")), "wandb wrote no run file"
@@ -231,20 +253,33 @@ def test_wandb_offline_writes_the_run(tmp_path: Path):
 
 def test_paper_config_composes_and_validates(tmp_path: Path):
     """The paper's GPU setup composes here and its dry run checks paths and shapes."""
-    llama = {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "vocab_size": 128256}
+    llama = {
+        "model_type": "llama",
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "vocab_size": 128256,
+    }
     for d in ("base", "coding", "os", "db"):
         (tmp_path / d).mkdir()
         (tmp_path / d / "config.json").write_text(json.dumps(llama))
     data = tmp_path / "data"
     data.mkdir()
-    item = {"mbpp_plus.jsonl": '"tests": "assert True"', "agentbench_os.jsonl": '"answer": "ls"', "agentbench_db.jsonl": '"answer": "SELECT 1"'}
+    item = {
+        "mbpp_plus.jsonl": '"tests": "assert True"',
+        "agentbench_os.jsonl": '"answer": "ls"',
+        "agentbench_db.jsonl": '"answer": "SELECT 1"',
+    }
     for f, key in item.items():
         (data / f).write_text("".join(f'{{"split": "{s}", "prompt": "p", {key}}}\n' for s in ("opt", "test")))
     overrides = [
         "experiment=paper_llama3_8b",
         f"model.path={tmp_path / 'base'}",
         *[f"experts.paths.{t}={tmp_path / t}" for t in ("coding", "os", "db")],
-        *[f"task.{t}.path={data / f}" for t, f in (("coding", "mbpp_plus.jsonl"), ("os", "agentbench_os.jsonl"), ("db", "agentbench_db.jsonl"))],
+        *[
+            f"task.{t}.path={data / f}"
+            for t, f in (("coding", "mbpp_plus.jsonl"), ("os", "agentbench_os.jsonl"), ("db", "agentbench_db.jsonl"))
+        ],
     ]
     cfg = _compose(*overrides)
     assert cfg.generations == 1200 and list(cfg.task) == ["coding", "os", "db"]

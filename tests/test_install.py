@@ -23,7 +23,13 @@ def test_a_wheel_installed_elsewhere_runs_from_any_directory(tmp_path: Path):
     for name in ("cycleqd", "tasks", "conf"):
         shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
-    build = subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)], check=True, capture_output=True, text=True, timeout=300)
+    build = subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert "warning" not in (build.stdout + build.stderr).lower(), build.stderr[-3000:]  # the packaging is clean
     (wheel,) = wheels.glob("cycleqd-*.whl")
     with zipfile.ZipFile(wheel) as z:
@@ -31,8 +37,15 @@ def test_a_wheel_installed_elsewhere_runs_from_any_directory(tmp_path: Path):
     # one top-level name, cycleqd (no `tasks` or `conf` of its own in site-packages)
     assert {n.split("/")[0] for n in names if not n.startswith("cycleqd-")} == {"cycleqd"}
     configs = {str(p.relative_to(REPO)) for p in (REPO / "conf").rglob("*.yaml")}
-    assert configs and {n.removeprefix("cycleqd/") for n in names if n.endswith(".yaml")} == configs  # every config group ships
-    subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True, capture_output=True, timeout=300)
+    assert (
+        configs and {n.removeprefix("cycleqd/") for n in names if n.endswith(".yaml")} == configs
+    )  # every config group ships
+    subprocess.run(
+        [*pip, "install", "--no-deps", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     assert (target / "cycleqd" / "conf" / "config.yaml").is_file()
     script = (
         "import sys, cycleqd\n"
@@ -43,8 +56,13 @@ def test_a_wheel_installed_elsewhere_runs_from_any_directory(tmp_path: Path):
         "main(['run', 'dry_run=true', 'task.addition._target_=tasks.addition.Addition'])\n"  # a config of the flat layout
     )
     env = {**os.environ, "PYTHONPATH": str(target), "WANDB_MODE": "disabled"}
-    proc = subprocess.run([sys.executable, "-c", script], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("config valid") == 3, proc.stdout
-    assert "task.addition._target_: tasks.addition.Addition has moved to cycleqd.tasks.addition.Addition" in proc.stdout + proc.stderr
+    assert (
+        "task.addition._target_: tasks.addition.Addition has moved to cycleqd.tasks.addition.Addition"
+        in proc.stdout + proc.stderr
+    )
     assert not any(elsewhere.iterdir())  # a dry run writes nothing

@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 import pytest
+from cycleqd.tasks.jsonl import JsonlTask
 
 from cycleqd.evaluation.sandbox import Limits, run_python
-from cycleqd.tasks.jsonl import JsonlTask
 
 
 class Canned:
@@ -28,11 +28,14 @@ def _write(path: Path, items: list[dict]) -> Path:
 
 
 def test_exact_match_per_split(tmp_path: Path):
-    f = _write(tmp_path / "t.jsonl", [
-        {"split": "opt", "prompt": "a", "answer": "1"},
-        {"split": "opt", "prompt": "b", "answer": "2"},
-        {"split": "test", "prompt": "c", "answer": "3"},
-    ])
+    f = _write(
+        tmp_path / "t.jsonl",
+        [
+            {"split": "opt", "prompt": "a", "answer": "1"},
+            {"split": "opt", "prompt": "b", "answer": "2"},
+            {"split": "test", "prompt": "c", "answer": "3"},
+        ],
+    )
     task = JsonlTask(name="t", path=str(f))
     model = Canned({"a": "1", "b": "x", "c": " 3 "})
     assert task.evaluate(model, "opt") == 0.5
@@ -41,17 +44,22 @@ def test_exact_match_per_split(tmp_path: Path):
 
 def test_python_tests_run_the_generated_code(tmp_path: Path):
     tests = "assert add(2, 3) == 5\nassert add(-1, 1) == 0"
-    f = _write(tmp_path / "code.jsonl", [
-        {"split": "opt", "prompt": "right", "tests": tests},
-        {"split": "opt", "prompt": "wrong", "tests": tests},
-        {"split": "opt", "prompt": "loops", "tests": tests},
-    ])
+    f = _write(
+        tmp_path / "code.jsonl",
+        [
+            {"split": "opt", "prompt": "right", "tests": tests},
+            {"split": "opt", "prompt": "wrong", "tests": tests},
+            {"split": "opt", "prompt": "loops", "tests": tests},
+        ],
+    )
     task = JsonlTask(name="coding", path=str(f), scorer="python_tests", timeout_s=2)
-    model = Canned({
-        "right": "def add(a, b):\n    return a + b",
-        "wrong": "def add(a, b):\n    return a - b",
-        "loops": "def add(a, b):\n    while True: pass",
-    })
+    model = Canned(
+        {
+            "right": "def add(a, b):\n    return a + b",
+            "wrong": "def add(a, b):\n    return a - b",
+            "loops": "def add(a, b):\n    while True: pass",
+        }
+    )
     assert task.evaluate(model, "opt") == pytest.approx(1 / 3)
 
 
@@ -82,10 +90,13 @@ def test_generated_code_is_contained_and_scored_zero(tmp_path: Path, what: str):
     outside, victim = tmp_path / "escaped.txt", tmp_path / "victim.txt"
     victim.write_text("keep me")
     code = CONTAINED[what].format(outside=str(outside), victim=str(victim))
-    f = _write(tmp_path / "code.jsonl", [
-        {"split": "opt", "prompt": "bad", "tests": "assert add(2, 3) == 5"},
-        {"split": "opt", "prompt": "good", "tests": "assert add(2, 3) == 5"},
-    ])
+    f = _write(
+        tmp_path / "code.jsonl",
+        [
+            {"split": "opt", "prompt": "bad", "tests": "assert add(2, 3) == 5"},
+            {"split": "opt", "prompt": "good", "tests": "assert add(2, 3) == 5"},
+        ],
+    )
     task = JsonlTask(name="coding", path=str(f), scorer="python_tests", timeout_s=3, memory_mb=512)
     start = time.perf_counter()
     score = task.evaluate(Canned({"bad": code, "good": "def add(a, b):\n    return a + b"}), "opt")

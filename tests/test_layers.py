@@ -15,7 +15,11 @@ LAYERS = {"foundation": 0, "core": 1, "models": 2, "evaluation": 3, "run": 4, "a
 def modules() -> dict[str, Path]:
     """Every module of the installed package by its dotted name (the task plugins as cycleqd.tasks)."""
     out = {}
-    for root, prefix in ((REPO / "cycleqd", "cycleqd"), (REPO / "tasks", "cycleqd.tasks"), (REPO / "conf", "cycleqd.conf")):
+    for root, prefix in (
+        (REPO / "cycleqd", "cycleqd"),
+        (REPO / "tasks", "cycleqd.tasks"),
+        (REPO / "conf", "cycleqd.conf"),
+    ):
         for path in root.rglob("*.py"):
             parts = list(path.relative_to(root).with_suffix("").parts)
             if parts[-1] == "__init__":
@@ -31,7 +35,9 @@ def imports(path: Path, known: set[str]) -> set[str]:
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module for a in node.names]
+            names = [
+                f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module for a in node.names
+            ]
         else:
             continue
         found |= {n for n in names if n in known}
@@ -90,7 +96,7 @@ def test_no_modules_import_each_other_in_a_circle():
         state[m] = "open"
         for n in sorted(g.get(m, ())):
             if state.get(n) == "open":
-                circles.append(" -> ".join(path[path.index(n):] + [n]))
+                circles.append(" -> ".join(path[path.index(n) :] + [n]))
             elif n not in state:
                 visit(n, path + [n])
         state[m] = "done"

@@ -11,9 +11,10 @@ import torch
 
 pytest.importorskip("lm_eval")
 
+from cycleqd.tasks.lm_eval import LmEvalTask  # noqa: E402
+
 from cycleqd.errors import ConfigError  # noqa: E402
 from cycleqd.models.loading import HFTextModel, load_model  # noqa: E402
-from cycleqd.tasks.lm_eval import LmEvalTask  # noqa: E402
 from tests.runs import REPO, cli, one_line_error  # noqa: E402
 from tests.tiny import tiny_overrides  # noqa: E402
 
@@ -103,7 +104,9 @@ def test_splits_are_a_seeded_partition_or_two_lm_eval_splits():
     limited = _task("larger", limit=7)
     assert len(limited.split("opt")) == 7 and set(limited.split("opt")) <= set(a.split("opt"))
     two = _task("larger", opt_split="train", test_split="test")
-    assert two.split("test") == list(range(60)) and two.split("opt") == list(range(30))  # larger_train.jsonl: 30 documents
+    assert two.split("test") == list(range(60)) and two.split("opt") == list(
+        range(30)
+    )  # larger_train.jsonl: 30 documents
 
 
 def test_bad_settings_name_the_key():
@@ -121,8 +124,14 @@ def test_a_run_with_lm_eval_tasks(cache: Path, tmp_path: Path):
     args = tiny_overrides(cache, generations=4, tasks=("addition",)) + ["task=[addition]"]
     for name in ("difference", "larger"):
         t = f"+task.{name}"
-        args += [f"{t}._target_=cycleqd.tasks.lm_eval.LmEvalTask", f"{t}.name={name}", f"{t}.task=tiny_{name}",
-                 f"{t}.include_path=tests/lm_eval_tasks", f"{t}.add_bos_token=true", f"{t}.limit=12"]
+        args += [
+            f"{t}._target_=cycleqd.tasks.lm_eval.LmEvalTask",
+            f"{t}.name={name}",
+            f"{t}.task=tiny_{name}",
+            f"{t}.include_path=tests/lm_eval_tasks",
+            f"{t}.add_bos_token=true",
+            f"{t}.limit=12",
+        ]
     run_dir = tmp_path / "run"
     cli("run", *args, f"hydra.run.dir={run_dir}")
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -134,7 +143,11 @@ def test_a_run_with_lm_eval_tasks(cache: Path, tmp_path: Path):
 
 
 def test_an_unknown_lm_eval_task_fails_before_any_model(cache: Path, tmp_path: Path):
-    args = tiny_overrides(cache, generations=2) + ["+task.extra._target_=cycleqd.tasks.lm_eval.LmEvalTask", "+task.extra.name=extra",
-                                                   "+task.extra.task=tiny_nothing", "+task.extra.include_path=tests/lm_eval_tasks"]
+    args = tiny_overrides(cache, generations=2) + [
+        "+task.extra._target_=cycleqd.tasks.lm_eval.LmEvalTask",
+        "+task.extra.name=extra",
+        "+task.extra.task=tiny_nothing",
+        "+task.extra.include_path=tests/lm_eval_tasks",
+    ]
     line = one_line_error(cli("run", *args, "dry_run=true", check=False))
     assert "task.extra.task" in line and "tiny_nothing" in line

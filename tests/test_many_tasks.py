@@ -23,8 +23,13 @@ EXTRA = {
 
 
 def _extra_task(name: str, target: str) -> list[str]:
-    return [f"+task.{name}._target_={target}", f"+task.{name}.name={name}", f"+task.{name}.n_opt=24", f"+task.{name}.n_test=24",
-            f"+task.{name}.measure={{low: 0.0, high: 1.0, bins: 6}}"]
+    return [
+        f"+task.{name}._target_={target}",
+        f"+task.{name}.name={name}",
+        f"+task.{name}.n_opt=24",
+        f"+task.{name}.n_test=24",
+        f"+task.{name}.measure={{low: 0.0, high: 1.0, bins: 6}}",
+    ]
 
 
 def _run(cache: Path, run_dir: Path, k: int, *extra: str) -> dict:
@@ -39,7 +44,13 @@ def _run(cache: Path, run_dir: Path, k: int, *extra: str) -> dict:
 @pytest.mark.parametrize("k, kind", [(4, "grid"), (4, "cvt"), (5, "dns")])
 def test_runs_with_many_tasks(k: int, kind: str, cache: Path, tmp_path: Path):
     run_dir = tmp_path / "run"
-    extra = ["archive.cells=40", "archive.samples=2000"] if kind == "cvt" else ["archive.capacity=8"] if kind == "dns" else []
+    extra = (
+        ["archive.cells=40", "archive.samples=2000"]
+        if kind == "cvt"
+        else ["archive.capacity=8"]
+        if kind == "dns"
+        else []
+    )
     summary = _run(cache, run_dir, k, f"archive={kind}", *extra)
     tasks = summary["tasks"]
     assert len(tasks) == k and summary["generations"] == 6
@@ -71,7 +82,15 @@ def test_a_grid_too_large_names_the_bins_and_the_other_kinds(cache: Path, tmp_pa
 @pytest.mark.parametrize("kind", ["cvt", "dns"])
 def test_a_restored_archive_is_the_same_archive(kind: str):
     tasks = ["a", "b", "c", "d"]
-    archives = CyclicArchives(tasks=tasks, measures={t: Measure(0.0, 1.0, 5) for t in tasks}, seed=3, kind=kind, cells=30, samples=600, capacity=10)
+    archives = CyclicArchives(
+        tasks=tasks,
+        measures={t: Measure(0.0, 1.0, 5) for t in tasks},
+        seed=3,
+        kind=kind,
+        cells=30,
+        samples=600,
+        capacity=10,
+    )
     rng = np.random.default_rng(0)
     for i in range(80):
         archives.add(i, dict(zip(tasks, rng.uniform(size=4))), i)
@@ -88,7 +107,9 @@ def test_a_restored_archive_is_the_same_archive(kind: str):
 def test_dns_keeps_the_novel_and_the_fit():
     """Capacity 3 over one descriptor: a dominated model next to a fitter one is dropped;
     the best of each region and the fittest overall stay."""
-    archives = CyclicArchives(tasks=["q", "m"], measures={"q": Measure(), "m": Measure()}, kind="dns", capacity=3, k_neighbors=1)
+    archives = CyclicArchives(
+        tasks=["q", "m"], measures={"q": Measure(), "m": Measure()}, kind="dns", capacity=3, k_neighbors=1
+    )
     for i, (q, m) in enumerate([(0.9, 0.1), (0.5, 0.9), (0.4, 0.5), (0.3, 0.12)]):
         archives.add(i, {"q": q, "m": m}, 0)
     assert sorted(archives.archives["q"].data("id")) == [0, 1, 2]  # 3 sits next to the fitter 0
@@ -98,7 +119,15 @@ def test_dns_keeps_the_novel_and_the_fit():
 
 def test_cvt_sampling_prefers_high_quality_and_measures():
     tasks = ["a", "b", "c"]
-    archives = CyclicArchives(tasks=tasks, measures={t: Measure() for t in tasks}, kind="cvt", cells=50, samples=1000, seed=0, alpha=(0.1, 1.0))
+    archives = CyclicArchives(
+        tasks=tasks,
+        measures={t: Measure() for t in tasks},
+        kind="cvt",
+        cells=50,
+        samples=1000,
+        seed=0,
+        alpha=(0.1, 1.0),
+    )
     archives.add(0, {"a": 0.9, "b": 0.9, "c": 0.9}, 0)
     archives.add(1, {"a": 0.1, "b": 0.1, "c": 0.1}, 0)
     archives.add(2, {"a": 0.5, "b": 0.5, "c": 0.5}, 0)
@@ -189,7 +218,14 @@ def test_long_steps_report_progress_where_stderr_is_not_a_terminal(tmp_path: Pat
     args = tiny_overrides(tmp_path / "cache", generations=3) + ["progress_every_s=0"]
     proc = cli("run", *args, f"hydra.run.dir={tmp_path / 'run'}")
     err = proc.stdout + proc.stderr  # Hydra logs to stdout and the run's cli.log
-    for step in ("pretraining the base", "expert addition", "SVD of expert sorting", "cycleqd", "baselines", "final model"):
+    for step in (
+        "pretraining the base",
+        "expert addition",
+        "SVD of expert sorting",
+        "cycleqd",
+        "baselines",
+        "final model",
+    ):
         lines = [line for line in err.splitlines() if f"] - {step}" in line]
         assert len(lines) >= 2, (step, err[-3000:])
         assert any("ETA" in line for line in lines) or step.startswith("final model"), (step, lines)
@@ -209,7 +245,13 @@ def test_killed_runs_with_cvt_and_dns_archives_resume_to_the_same_run(kind: str,
     args = lively_overrides(cache, generations=12) + [f"archive={kind}", *extra]
     straight, run_dir = tmp_path / "straight", tmp_path / "killed"
     cli("run", *args, f"hydra.run.dir={straight}")
-    proc = cli("run", *args, f"hydra.run.dir={run_dir}", env={"CYCLEQD_FAULT_AFTER": "generation 7", "CYCLEQD_FAULT_AT": "1:kill"}, check=False)
+    proc = cli(
+        "run",
+        *args,
+        f"hydra.run.dir={run_dir}",
+        env={"CYCLEQD_FAULT_AFTER": "generation 7", "CYCLEQD_FAULT_AT": "1:kill"},
+        check=False,
+    )
     assert proc.returncode == -signal.SIGKILL
     cli("resume", str(run_dir))
     assert run_fingerprint(run_dir) == run_fingerprint(straight)

@@ -118,7 +118,9 @@ def test_slerp_formula_and_endpoints():
 
 def test_merge_on_task_vectors_dense_and_lora():
     g = torch.Generator().manual_seed(1)
-    lora = [TaskVector({"w": LowRank(torch.randn(8, 2, generator=g), torch.randn(2, 6, generator=g))}) for _ in range(2)]
+    lora = [
+        TaskVector({"w": LowRank(torch.randn(8, 2, generator=g), torch.randn(2, 6, generator=g))}) for _ in range(2)
+    ]
     dense = [v.dense() for v in lora]
     lin = Merge("linear")(lora, [0.5, 0.5])
     assert isinstance(lin["w"], LowRank) and lin["w"].rank == 4  # linear stays factored
@@ -182,8 +184,12 @@ def test_della_breadcrumbs_ties_and_model_stock_equal_mergekit_per_tensor(weight
 
     # della: mergekit draws from the global generator, cycleqd from its own, both seeded alike
     torch.manual_seed(11)
-    pruned = torch.stack([sparsify.della_magprune(t, density, epsilon, rescale_norm=sparsify.RescaleNorm.l1) for t in ts])
-    torch.testing.assert_close(della(ts, weights, density, epsilon, torch.Generator().manual_seed(11)), elect(pruned, True))
+    pruned = torch.stack(
+        [sparsify.della_magprune(t, density, epsilon, rescale_norm=sparsify.RescaleNorm.l1) for t in ts]
+    )
+    torch.testing.assert_close(
+        della(ts, weights, density, epsilon, torch.Generator().manual_seed(11)), elect(pruned, True)
+    )
     torch.testing.assert_close(
         della(ts, weights, density, epsilon, torch.Generator().manual_seed(11), combine="linear"), (pruned * w).sum(0)
     )
@@ -220,7 +226,9 @@ def test_model_stock_follows_the_angle_between_the_experts():
     c = torch.tensor([[1.0, 1.0], [0.0, 0.0]])  # cos(a, c) = 1/√2
     cos = 1 / math.sqrt(2)
     torch.testing.assert_close(model_stock([a, c], [1.0, 1.0]), 2 * cos / (1 + cos) * (a + c) / 2)
-    torch.testing.assert_close(model_stock([a, c], [3.0, 1.0]), 2 * cos / (1 + cos) * (3 * a + c) / 4)  # the mean weighted
+    torch.testing.assert_close(
+        model_stock([a, c], [3.0, 1.0]), 2 * cos / (1 + cos) * (3 * a + c) / 4
+    )  # the mean weighted
 
 
 @pytest.mark.parametrize("method", ["linear", "ties", "breadcrumbs_ties", "della_linear", "model_stock"])

@@ -38,7 +38,10 @@ def test_old_targets_are_rewritten_in_place_with_a_warning_naming_the_key(caplog
     assert cfg.mutation._target_ == "cycleqd.core.mutation.SVDMutation"
     warned = [r.getMessage() for r in caplog.records]
     assert len(warned) == 3
-    assert any(m.startswith("crossover.merge._target_: cycleqd.merging.Merge has moved to cycleqd.core.merging.Merge") for m in warned)
+    assert any(
+        m.startswith("crossover.merge._target_: cycleqd.merging.Merge has moved to cycleqd.core.merging.Merge")
+        for m in warned
+    )
     merge = instantiate_node(cfg.crossover.merge, "crossover.merge")
     assert type(merge).__module__ == "cycleqd.core.merging"
 
@@ -51,14 +54,21 @@ def test_names_that_left_their_module_follow_it():
 
 
 def test_a_checkpoint_pickled_with_the_old_module_paths_loads(tmp_path):
-    state = {"pending": [Candidate(3, 1, "addition", (0, 1), None)], "record": EliteRecord(3, 1, "child:addition", (0, 1), {"addition": 0.5})}
+    state = {
+        "pending": [Candidate(3, 1, "addition", (0, 1), None)],
+        "record": EliteRecord(3, 1, "child:addition", (0, 1), {"addition": 0.5}),
+    }
     payload = pickle.dumps({"state": state, "elites": {}}, protocol=0)
     # protocol 0 names each class as "module\nname": write what the flat layout wrote
-    old = payload.replace(b"cycleqd.core.evolve\n", b"cycleqd.evolve\n").replace(b"cycleqd.core.elite\nEliteRecord", b"cycleqd.store\nEliteRecord")
+    old = payload.replace(b"cycleqd.core.evolve\n", b"cycleqd.evolve\n").replace(
+        b"cycleqd.core.elite\nEliteRecord", b"cycleqd.store\nEliteRecord"
+    )
     assert old != payload and b"cycleqd.core" not in old
     path = checkpoint.checkpoint_path(tmp_path)
     path.parent.mkdir(parents=True)
-    path.write_bytes(checkpoint.MAGIC + b" %d %s\n" % (checkpoint.FORMAT, hashlib.sha256(old).hexdigest().encode()) + old)
+    path.write_bytes(
+        checkpoint.MAGIC + b" %d %s\n" % (checkpoint.FORMAT, hashlib.sha256(old).hexdigest().encode()) + old
+    )
     loaded = checkpoint.load(tmp_path)
     assert loaded.state["pending"] == state["pending"] and type(loaded.state["pending"][0]) is Candidate
     assert loaded.state["record"] == state["record"]

@@ -110,7 +110,10 @@ def test_expert_svds_selection():
         }
     )
     svds = expert_svds(expert)
-    assert list(svds) == ["model.layers.0.mlp.up_proj.weight", "model.layers.0.self_attn.q_proj.weight"]  # sorted by name
+    assert list(svds) == [
+        "model.layers.0.mlp.up_proj.weight",
+        "model.layers.0.self_attn.q_proj.weight",
+    ]  # sorted by name
     assert svds["model.layers.0.mlp.up_proj.weight"].S.shape == (2,)
     assert svds["model.layers.0.self_attn.q_proj.weight"].S.shape == (4,)
     with_emb = expert_svds(expert, include_embeddings=True)

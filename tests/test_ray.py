@@ -66,7 +66,9 @@ def test_sync_pool_is_the_local_run(ray_sync: Path, tmp_path: Path, cache: Path)
     assert run_fingerprint(ray_sync) == run_fingerprint(local)
     metrics = [json.loads(x) for x in (ray_sync / "metrics.jsonl").read_text().splitlines()]
     assert all(len(m["workers"]["busy_s"]) == 2 for m in metrics)
-    assert sum(metrics[-1]["workers"]["evaluations"]) == json.loads((ray_sync / "summary.json").read_text())["evaluations"]
+    assert (
+        sum(metrics[-1]["workers"]["evaluations"]) == json.loads((ray_sync / "summary.json").read_text())["evaluations"]
+    )
 
 
 def test_close_ends_every_worker_process_even_one_that_outlives_ray(ray_sync: Path, cache: Path):
@@ -83,7 +85,9 @@ def test_close_ends_every_worker_process_even_one_that_outlives_ray(ray_sync: Pa
     actors = list(pool._processes)
     assert len(actors) == 1 and actors[0].cmdline()[0].startswith("ray::_Actor")
     # Stands in for the worker that outlived Ray: it ignores SIGTERM and is no Ray child.
-    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
+    stubborn = subprocess.Popen(
+        [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"]
+    )
     try:
         pool._processes.append(psutil.Process(stubborn.pid))
         t0 = time.monotonic()
@@ -109,7 +113,10 @@ def test_driver_killed_mid_run_resumes_to_the_same_run(ray_sync: Path, tmp_path:
 
 def test_async_keeps_the_quality_cycling_per_child(tmp_path: Path, cache: Path):
     run_dir = tmp_path / "async"
-    cli("run", *_args(cache, run_dir, "evaluator=ray", "evaluator.mode=async", "children_per_generation=1", generations=24))
+    cli(
+        "run",
+        *_args(cache, run_dir, "evaluator=ray", "evaluator.mode=async", "children_per_generation=1", generations=24),
+    )
     metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["generation"] for m in metrics] == list(range(24))
     assert Counter(m["quality_task"] for m in metrics) == {"addition": 8, "reversal": 8, "sorting": 8}
@@ -128,12 +135,17 @@ def test_dead_and_hung_workers_are_replaced_and_their_child_tried_again(tmp_path
     # succeeds; the 8th and its retry (9th) both kill theirs: a failed evaluation; the 11th hangs.
     env = {"WORKER_FAULTS": f"{tmp_path / 'count'}:die:5,8,9", "CYCLEQD_FAULT_LOG": ""}
     cli("run", *_args(cache, run_dir, "evaluator=ray", sorting), env=env)
-    failures = [f for line in (run_dir / "metrics.jsonl").read_text().splitlines() for f in json.loads(line).get("failures", [])]
+    failures = [
+        f for line in (run_dir / "metrics.jsonl").read_text().splitlines() for f in json.loads(line).get("failures", [])
+    ]
     assert [f["reason"] for f in failures] == ["worker_lost"]
     workers = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["workers"]
     assert sum(workers["restarts"]) == 3
     log = (run_dir / "cli.log").read_text()  # each replacement is logged with its reason and what became of the child
-    assert log.count("and was replaced; its evaluation is tried once more") == 2 and log.count("and was replaced; its evaluation counts as failed") == 1
+    assert (
+        log.count("and was replaced; its evaluation is tried once more") == 2
+        and log.count("and was replaced; its evaluation counts as failed") == 1
+    )
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["failures"] == {"count": 1, "by_reason": {"worker_lost": 1}} and summary["generations"] == G
 
@@ -143,9 +155,20 @@ def test_dead_and_hung_workers_are_replaced_and_their_child_tried_again(tmp_path
     env = {"WORKER_FAULTS": f"{tmp_path / 'count2'}:hang:5", "WORKER_SLOW_START": "20"}
     # about a minute alone, 370 s on a loaded machine. Without the configured deadline
     # the hang would last the default three hours, far past this timeout.
-    cli("run", *_args(cache, hung, "evaluator=ray", sorting, "evaluator.hang_timeout_s=15", generations=4), env=env, timeout=1200)
-    replaced = [line.split(" - ", 1)[1] for line in (hung / "cli.log").read_text().splitlines() if "[cycleqd.evaluation.pool][WARNING]" in line]
-    assert len(replaced) == 1 and replaced[0].endswith("(opt evaluation): no result after 15 s; the worker was replaced; its evaluation is tried once more"), replaced
+    cli(
+        "run",
+        *_args(cache, hung, "evaluator=ray", sorting, "evaluator.hang_timeout_s=15", generations=4),
+        env=env,
+        timeout=1200,
+    )
+    replaced = [
+        line.split(" - ", 1)[1]
+        for line in (hung / "cli.log").read_text().splitlines()
+        if "[cycleqd.evaluation.pool][WARNING]" in line
+    ]
+    assert len(replaced) == 1 and replaced[0].endswith(
+        "(opt evaluation): no result after 15 s; the worker was replaced; its evaluation is tried once more"
+    ), replaced
     workers = json.loads((hung / "metrics.jsonl").read_text().splitlines()[-1])["workers"]
     assert sum(workers["restarts"]) == 1
     assert json.loads((hung / "summary.json").read_text())["failures"]["count"] == 0  # the retry succeeded
@@ -155,7 +178,14 @@ def test_dead_and_hung_workers_are_replaced_and_their_child_tried_again(tmp_path
 def test_ctrl_c_checkpoints_and_leaves_no_process(tmp_path: Path, cache: Path):
     run_dir = tmp_path / "run"
     before = _ray_processes()
-    proc = Started(["run", *_args(cache, run_dir, "evaluator=ray", "evaluator.mode=async", "children_per_generation=1", generations=30)])
+    proc = Started(
+        [
+            "run",
+            *_args(
+                cache, run_dir, "evaluator=ray", "evaluator.mode=async", "children_per_generation=1", generations=30
+            ),
+        ]
+    )
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 5):
@@ -176,7 +206,13 @@ def test_a_pool_joins_an_existing_cluster(tmp_path: Path, cache: Path):
     """`ray start --head`, then `evaluator.address=auto`: the run uses that cluster and leaves it up."""
     ray_bin = Path(sys.executable).parent / "ray"
     env = {**os.environ, "RAY_ADDRESS": ""}
-    subprocess.run([str(ray_bin), "start", "--head", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [str(ray_bin), "start", "--head", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     try:
         run_dir = tmp_path / "run"
         cli("run", *_args(cache, run_dir, "evaluator=ray", "evaluator.address=auto", generations=2))

@@ -240,9 +240,7 @@ def peft_adapter(tmp_path_factory):
 def test_from_peft_matches_merged_weights(peft_adapter):
     adapter_dir, base, merged = peft_adapter
     tv = TaskVector.from_peft(adapter_dir)
-    expected_names = {
-        f"model.layers.{i}.{m}.weight" for i in range(2) for m in ("self_attn.q_proj", "mlp.up_proj")
-    }
+    expected_names = {f"model.layers.{i}.{m}.weight" for i in range(2) for m in ("self_attn.q_proj", "mlp.up_proj")}
     assert set(tv) == expected_names
     assert tv.is_factored
     for name in expected_names:
@@ -279,13 +277,21 @@ def _peft_roundtrip(tmp_path, seed: int, **patterns):
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        vocab_size=32,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
         num_key_value_heads=2,
     )
     model = LlamaForCausalLM(cfg)
     base = {k: v.detach().clone() for k, v in model.state_dict().items()}
     lora = LoraConfig(
-        r=4, lora_alpha=8, target_modules=["q_proj", "up_proj"], lora_dropout=0.0, init_lora_weights=False,
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "up_proj"],
+        lora_dropout=0.0,
+        init_lora_weights=False,
         **patterns,
     )
     peft_model = get_peft_model(model, lora)

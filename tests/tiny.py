@@ -42,7 +42,11 @@ def lively_overrides(cache: Path, generations: int = 24) -> list[str]:
     """The tiny setup trained a little longer, with partial-credit tasks and bold operators:
     its archives keep replacing and evicting elites (what crash and resume tests need)."""
     out = tiny_overrides(cache, generations)
-    out = [o for o in out if not o.startswith(("model.pretrain.steps", "experts.recipe.training.steps", "checkpoint_every"))]
+    out = [
+        o
+        for o in out
+        if not o.startswith(("model.pretrain.steps", "experts.recipe.training.steps", "checkpoint_every"))
+    ]
     out += [
         "model.pretrain.steps=150",
         "experts.recipe.training.steps=40",
@@ -57,7 +61,11 @@ def lively_overrides(cache: Path, generations: int = 24) -> list[str]:
         "baselines.breadcrumbs.scales=[]",
     ]
     for t, cls in (("addition", "PartialAddition"), ("reversal", "PartialReversal"), ("sorting", "PartialSorting")):
-        out += [f"task.{t}._target_=tests.plugins.partial_tasks.{cls}", f"task.{t}.measure.low=0.0", f"task.{t}.measure.high=1.0"]
+        out += [
+            f"task.{t}._target_=tests.plugins.partial_tasks.{cls}",
+            f"task.{t}.measure.low=0.0",
+            f"task.{t}.measure.high=1.0",
+        ]
     return out
 
 

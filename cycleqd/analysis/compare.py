@@ -26,7 +26,9 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def find_runs(root: Path) -> list[Path]:
-    return sorted({p.parent for p in Path(root).rglob("summary.json") if (p.parent / ".hydra" / "config.yaml").is_file()})
+    return sorted(
+        {p.parent for p in Path(root).rglob("summary.json") if (p.parent / ".hydra" / "config.yaml").is_file()}
+    )
 
 
 def compare(root: str | Path) -> tuple[list[str], list[list[Any]]]:
@@ -49,10 +51,17 @@ def compare(root: str | Path) -> tuple[list[str], list[list[Any]]]:
     rows = []
     for r, c, s in zip(runs, configs, summaries):
         row = [str(r.relative_to(root)) or "."] + [c.get(k) for k in differing]
-        row += [s["final"][t] for t in tasks] + [mean_score(s["final"], tasks), max(mean_score(e, tasks) for e in s["experts"].values())]
+        row += [s["final"][t] for t in tasks] + [
+            mean_score(s["final"], tasks),
+            max(mean_score(e, tasks) for e in s["experts"].values()),
+        ]
         row += [mean_score(s["baselines"][b], tasks) if b in s["baselines"] else None for b in baselines]
         arch = s["archives"].values()  # a comparison search (search=cmaes|random) has none
-        row += [sum(a["coverage"] for a in arch) / len(arch) if arch else None, sum(a["qd_score"] for a in arch) if arch else None, s["generations"]]
+        row += [
+            sum(a["coverage"] for a in arch) / len(arch) if arch else None,
+            sum(a["qd_score"] for a in arch) if arch else None,
+            s["generations"],
+        ]
         rows.append(row)
     return header, rows
 

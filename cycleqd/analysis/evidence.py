@@ -63,7 +63,15 @@ def _test_mean(scores: dict[str, float]) -> float:
 
 def _row(label: str, means: list[float], diff: dict | None, evaluations: Any, wall: Any) -> dict:
     sd = float(np.std(means, ddof=1)) if len(means) > 1 else 0.0
-    return {"method": label, "seeds": len(means), "test_mean": float(np.mean(means)), "sd": sd, "diff": diff, "opt_evaluations": evaluations, "wall_s": wall}
+    return {
+        "method": label,
+        "seeds": len(means),
+        "test_mean": float(np.mean(means)),
+        "sd": sd,
+        "diff": diff,
+        "opt_evaluations": evaluations,
+        "wall_s": wall,
+    }
 
 
 def table(roots: list[Path], reference: str) -> list[dict]:
@@ -72,30 +80,60 @@ def table(roots: list[Path], reference: str) -> list[dict]:
     if reference not in ms:
         raise ConfigError("--reference", f"no method {reference!r}; the methods are: {', '.join(sorted(ms))}")
     ref = ms[reference]
-    summaries = {label: {s: read_json(p / "summary.json", "summary") for s, p in m.runs.items()} for label, m in ms.items()}
-    items = {label: {s: read_json(p / "test_items.json", "test items") for s, p in m.runs.items()} for label, m in ms.items()}
+    summaries = {
+        label: {s: read_json(p / "summary.json", "summary") for s, p in m.runs.items()} for label, m in ms.items()
+    }
+    items = {
+        label: {s: read_json(p / "test_items.json", "test items") for s, p in m.runs.items()} for label, m in ms.items()
+    }
 
     def versus(model_items: dict[int, dict], key: str) -> dict | None:
         seeds = sorted(set(model_items) & set(ref.runs))
-        pairs = [differences(model_items[s][key], items[reference][s]["final"]) for s in seeds if key in model_items[s] and "final" in items[reference][s]]
+        pairs = [
+            differences(model_items[s][key], items[reference][s]["final"])
+            for s in seeds
+            if key in model_items[s] and "final" in items[reference][s]
+        ]
         return paired_bootstrap(pairs) if pairs and len(pairs) == len(seeds) else None
 
     rows = []
     for label in [reference, *sorted(set(ms) - {reference})]:
         ss = summaries[label]
         diff = None if label == reference else versus(items[label], "final")
-        rows.append(_row(label, [_test_mean(s["final"]) for s in ss.values()], diff,
-                         int(np.mean([s.get("opt_evaluations", s["evaluations"]) for s in ss.values()])),
-                         float(np.mean([s["wall_time_s"] for s in ss.values()]))))
+        rows.append(
+            _row(
+                label,
+                [_test_mean(s["final"]) for s in ss.values()],
+                diff,
+                int(np.mean([s.get("opt_evaluations", s["evaluations"]) for s in ss.values()])),
+                float(np.mean([s["wall_time_s"] for s in ss.values()])),
+            )
+        )
     ss = summaries[reference]
     first = next(iter(ss.values()))
     # the best expert chosen on the opt split, as every choice is (a comparison search does
     # not score the experts on opt: with one as the reference, there is no such row)
     if first.get("experts_opt"):
         best = max(first["experts_opt"], key=lambda t: _test_mean(first["experts_opt"][t]))
-        rows.append(_row(f"expert: {best} (best on opt)", [_test_mean(s["experts"][best]) for s in ss.values()], versus(items[reference], f"expert:{best}"), None, None))
+        rows.append(
+            _row(
+                f"expert: {best} (best on opt)",
+                [_test_mean(s["experts"][best]) for s in ss.values()],
+                versus(items[reference], f"expert:{best}"),
+                None,
+                None,
+            )
+        )
     for b in first["baselines"]:
-        rows.append(_row(f"static: {b}", [_test_mean(s["baselines"][b]) for s in ss.values() if b in s["baselines"]], versus(items[reference], f"baseline:{b}"), None, None))
+        rows.append(
+            _row(
+                f"static: {b}",
+                [_test_mean(s["baselines"][b]) for s in ss.values() if b in s["baselines"]],
+                versus(items[reference], f"baseline:{b}"),
+                None,
+                None,
+            )
+        )
     return rows
 
 
@@ -107,8 +145,12 @@ def format_rows(rows: list[dict], reference: str) -> str:
         dtext = f"{100 * d['diff']:+.1f} [{100 * d['ci'][0]:+.1f}, {100 * d['ci'][1]:+.1f}]" if d else "—"
         ev = str(r["opt_evaluations"]) if r["opt_evaluations"] is not None else "—"
         wall = f"{r['wall_s']:.0f}" if r["wall_s"] is not None else "—"
-        lines.append(f"{r['method'][:44]:44s}{r['seeds']:6d}{r['test_mean']:10.1f} ± {r['sd']:4.1f}   {dtext:>34s}{ev:>10s}{wall:>8s}")
-    lines.append(f"(test split, points; reference: {reference}; differences paired by seed, their intervals redrawn over the")
+        lines.append(
+            f"{r['method'][:44]:44s}{r['seeds']:6d}{r['test_mean']:10.1f} ± {r['sd']:4.1f}   {dtext:>34s}{ev:>10s}{wall:>8s}"
+        )
+    lines.append(
+        f"(test split, points; reference: {reference}; differences paired by seed, their intervals redrawn over the"
+    )
     lines.append(" test prompts; the static merges and the expert are those of the reference's runs)")
     return "\n".join(lines)
 

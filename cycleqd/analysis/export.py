@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from cycleqd.core.mutation import svd_of
 from cycleqd.analysis.rundata import RunData, load_run
+from cycleqd.core.mutation import svd_of
 from cycleqd.core.taskvector import LowRank, TaskVector
 
 
@@ -66,7 +66,12 @@ def export_hf(run: RunData, tv: TaskVector, out: Path, provenance: dict[str, Any
             p = params[name]
             delta = d.dense() if isinstance(d, LowRank) else d
             p.copy_((p.float() + delta.float()).to(p.dtype))
-    return _write_dir(out, provenance, run, lambda tmp: (model.save_pretrained(tmp), AutoTokenizer.from_pretrained(base).save_pretrained(tmp)))
+    return _write_dir(
+        out,
+        provenance,
+        run,
+        lambda tmp: (model.save_pretrained(tmp), AutoTokenizer.from_pretrained(base).save_pretrained(tmp)),
+    )
 
 
 def lora_factors(tv: TaskVector, rank: int | None) -> tuple[dict[str, LowRank], dict[str, float]]:
@@ -86,7 +91,9 @@ def lora_factors(tv: TaskVector, rank: int | None) -> tuple[dict[str, LowRank], 
     return out, kept
 
 
-def export_peft(run: RunData, tv: TaskVector, out: Path, provenance: dict[str, Any], rank: int | None) -> tuple[Path, dict[str, float]]:
+def export_peft(
+    run: RunData, tv: TaskVector, out: Path, provenance: dict[str, Any], rank: int | None
+) -> tuple[Path, dict[str, float]]:
     """τ as a peft LoRA adapter (``lora_alpha = r`` per module, so the scale is 1)."""
     from peft import LoraConfig
     from safetensors.torch import save_file
@@ -178,11 +185,11 @@ def model_card(run: RunData, provenance: dict[str, Any]) -> str:
 
 def _scores(run: RunData, tv: TaskVector) -> dict[str, float]:
     """Opt-split scores of θ0 + ``tv`` on the run's own tasks."""
-    from cycleqd.run.components import build_tasks
     from cycleqd.errors import EvaluationFailed
     from cycleqd.evaluation.scoring import ResidentModel, score_tasks
     from cycleqd.models.loading import HFTextModel, load_model
     from cycleqd.protocols import Failure
+    from cycleqd.run.components import build_tasks
     from cycleqd.run.configs import load_config
 
     tasks = build_tasks(load_config(run.run_dir))

@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from cycleqd.run import checkpoint
-from cycleqd.fileio import read_json
-from cycleqd.run.store import EliteStore
 from cycleqd.core.taskvector import TaskVector
+from cycleqd.fileio import read_json
+from cycleqd.run import checkpoint
+from cycleqd.run.store import EliteStore
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,9 @@ class RunData:
         import pandas as pd
 
         if not self.genome:
-            raise ValueError(f"{str(self.run_dir)!r} keeps its elites as task vectors, not genomes: expert weights are read from genomes (genome=true)")
+            raise ValueError(
+                f"{str(self.run_dir)!r} keeps its elites as task vectors, not genomes: expert weights are read from genomes (genome=true)"
+            )
         basis = self.basis()
         rows = {}
         for archive in self.archives.values():
@@ -99,7 +101,8 @@ class RunData:
             path = Path(self.bases.get(task, ""))
             if not path.is_file():
                 raise FileNotFoundError(
-                    f"the basis of expert {task!r} ({str(path)!r}) is gone; `cycleqd resume {self.run_dir}` with the same model cache rebuilds it"
+                    f"the basis of expert {task!r} ({str(path)!r}) is gone; "
+                    f"`cycleqd resume {self.run_dir}` with the same model cache rebuilds it"
                 )
             parts[task] = ExpertBasis.load(path)
         return Basis(self.tasks, parts)
@@ -121,9 +124,13 @@ def load_run(run_dir: str | Path) -> RunData:
         if ckpt is not None:
             search = ckpt.search_name
         else:  # a search run written before searches kept checkpoints
-            search = read_json(summary_path, "summary").get("search", "cycleqd") if summary_path.is_file() else "cycleqd"
+            search = (
+                read_json(summary_path, "summary").get("search", "cycleqd") if summary_path.is_file() else "cycleqd"
+            )
         if search != "cycleqd":
-            raise FileNotFoundError(f"{str(run_dir)!r} is a search={search} run: it has no archives or elites, only its final model (final.safetensors)")
+            raise FileNotFoundError(
+                f"{str(run_dir)!r} is a search={search} run: it has no archives or elites, only its final model (final.safetensors)"
+            )
         raise FileNotFoundError(f"{str(run_dir)!r} has no checkpoint/state.ckpt: not a cycleqd run directory")
     cyclic = ckpt.state["qd"]["archives"]
     summary_path = run_dir / "summary.json"
@@ -146,7 +153,9 @@ def load_run(run_dir: str | Path) -> RunData:
                     "generation": generation,
                     "parents": tuple(int(p) for p in data["parents"][j] if p >= 0),
                     # seeding offers the experts first, in task order; generation g breeds from archive g mod K
-                    "origin": f"expert:{cyclic.tasks[elite_id]}" if generation < 0 else f"child:{cyclic.quality_task(generation)}",
+                    "origin": f"expert:{cyclic.tasks[elite_id]}"
+                    if generation < 0
+                    else f"child:{cyclic.quality_task(generation)}",
                 }
             )
     elites = pd.DataFrame(rows)

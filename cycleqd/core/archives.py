@@ -54,10 +54,16 @@ def range_warnings(measures: Mapping[str, Measure], scores: Mapping[str, Mapping
                 continue
             key = f"task.{task}.measure.{end}"
             # the nearest multiple of 0.05 past the score, inside [0, 1]: a range to copy
-            cover = min(1.0, math.ceil(utility * 20 - 1e-9) / 20) if end == "high" else max(0.0, math.floor(utility * 20 + 1e-9) / 20)
-            lines.append(f"{model} scores {100 * utility:.1f} on {task}, {'above' if end == 'high' else 'below'} {key}={getattr(measure, end):g}: "
-                         f"the other archives put all such models in their {'last' if end == 'high' else 'first'} {task} bin and keep only "
-                         f"the best of them at their own task; {key}={cover:g} covers it")
+            cover = (
+                min(1.0, math.ceil(utility * 20 - 1e-9) / 20)
+                if end == "high"
+                else max(0.0, math.floor(utility * 20 + 1e-9) / 20)
+            )
+            lines.append(
+                f"{model} scores {100 * utility:.1f} on {task}, {'above' if end == 'high' else 'below'} {key}={getattr(measure, end):g}: "
+                f"the other archives put all such models in their {'last' if end == 'high' else 'first'} {task} bin and keep only "
+                f"the best of them at their own task; {key}={cover:g} covers it"
+            )
     return lines
 
 
@@ -120,9 +126,18 @@ class CyclicArchives:
             f"must be [low, high] with 0 < low <= high, got {alpha!r}",
         )
         require(kind in KINDS, "kind", f"must be one of {list(KINDS)}, got {kind!r}")
-        for key, value, low in (("cells", cells, 1), ("samples", samples, 1), ("capacity", capacity, 1), ("k_neighbors", k_neighbors, 1)):
+        for key, value, low in (
+            ("cells", cells, 1),
+            ("samples", samples, 1),
+            ("capacity", capacity, 1),
+            ("k_neighbors", k_neighbors, 1),
+        ):
             require(matches(value, int) and value >= low, key, f"must be an integer >= {low}, got {value!r}")
-        require(kind != "cvt" or samples >= cells, "samples", f"must be at least cells={cells} (k-means draws the centroids from them), got {samples}")
+        require(
+            kind != "cvt" or samples >= cells,
+            "samples",
+            f"must be at least cells={cells} (k-means draws the centroids from them), got {samples}",
+        )
         lo, hi = alpha
         for task in tasks if kind == "grid" else ():
             others = self.descriptors_of(tasks, task)
@@ -130,8 +145,10 @@ class CyclicArchives:
             require(
                 cells <= MAX_CELLS,
                 "",
-                f"the archive of {task!r} would have {cells:,} cells ({' × '.join(f'task.{t}.measure.bins={measures[t].bins}' for t in others)}); "
-                f"pyribs allocates every cell, at most {MAX_CELLS:,}; archive=cvt (a fixed number of cells) or archive=dns (none) scale to many tasks",
+                f"the archive of {task!r} would have {cells:,} cells "
+                f"({' × '.join(f'task.{t}.measure.bins={measures[t].bins}' for t in others)}); "
+                f"pyribs allocates every cell, at most {MAX_CELLS:,}; "
+                "archive=cvt (a fixed number of cells) or archive=dns (none) scale to many tasks",
             )
         self.tasks = list(tasks)
         self._seed = seed
@@ -163,18 +180,31 @@ class CyclicArchives:
                 if centroids is not None and task in centroids:
                     points = np.asarray(centroids[task], dtype=np.float64)
                 else:  # seeded, and kept in checkpoints: a resumed run has the same cells
-                    points = k_means_centroids(centroids=cells, ranges=ranges, samples=samples, seed=None if seed is None else seed + k)[0]
+                    points = k_means_centroids(
+                        centroids=cells, ranges=ranges, samples=samples, seed=None if seed is None else seed + k
+                    )[0]
                 self.centroids[task] = points
                 self.archives[task] = CVTArchive(centroids=points, ranges=ranges, **common)
             else:
-                self.archives[task] = DNSArchive(measure_dim=len(others), capacity=capacity, k_neighbors=k_neighbors, **common)
+                self.archives[task] = DNSArchive(
+                    measure_dim=len(others), capacity=capacity, k_neighbors=k_neighbors, **common
+                )
         self.solution_dim = solution_dim
 
     def settings(self) -> dict:
         """The constructor's arguments that rebuild these archives, empty."""
-        return {"tasks": self.tasks, "measures": self.measures, "sampling": self.sampling, "alpha": self.alpha,
-                "seed": self._seed, "quality": self.quality, "kind": self.kind, "solution_dim": self.solution_dim,
-                "centroids": self.centroids or None, **self.options}
+        return {
+            "tasks": self.tasks,
+            "measures": self.measures,
+            "sampling": self.sampling,
+            "alpha": self.alpha,
+            "seed": self._seed,
+            "quality": self.quality,
+            "kind": self.kind,
+            "solution_dim": self.solution_dim,
+            "centroids": self.centroids or None,
+            **self.options,
+        }
 
     def measures_of(self, task: str, scores: Mapping[str, float]) -> np.ndarray:
         """Where ``scores`` fall in ``task``'s archive: the other tasks' scores clipped into each

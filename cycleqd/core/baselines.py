@@ -10,8 +10,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from cycleqd.core.merging import Merge
-from cycleqd.protocols import Failure, Result, mean_score
 from cycleqd.core.taskvector import TaskVector
+from cycleqd.protocols import Failure, Result, mean_score
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,11 @@ def static_merges(
     from cycleqd.progress import Progress
 
     out, chosen, failed = {}, {}, {}
-    with Progress("baselines: static merges on opt, the chosen on test", sum(len(s.grid) + 1 for s in specs.values()), "evaluation") as progress:
+    with Progress(
+        "baselines: static merges on opt, the chosen on test",
+        sum(len(s.grid) + 1 for s in specs.values()),
+        "evaluation",
+    ) as progress:
         for name, spec in specs.items():
             _one(name, spec, experts, _counted(scores, progress), seed, out, chosen, failed)
     return out, chosen, failed
@@ -50,13 +54,17 @@ def _counted(scores: Callable, progress) -> Callable:
     return counted
 
 
-def _one(name: str, spec: BaselineSpec, experts, scores: Callable, seed: int, out: dict, chosen: dict, failed: dict) -> None:
+def _one(
+    name: str, spec: BaselineSpec, experts, scores: Callable, seed: int, out: dict, chosen: dict, failed: dict
+) -> None:
     """Choose ``spec``'s grid point on opt and score it on test, into ``out`` / ``chosen`` / ``failed``."""
     merges = {}
     for lam, density, gamma, epsilon in spec.grid:
         gen = torch.Generator().manual_seed(seed)
         # λ multiplies the merge of equally weighted experts (mergekit's ``lambda``)
-        merges[(lam, density, gamma, epsilon)] = Merge(spec.method, density=density, gamma=gamma, epsilon=epsilon)(experts, [1.0] * len(experts), gen).scale(lam)
+        merges[(lam, density, gamma, epsilon)] = Merge(spec.method, density=density, gamma=gamma, epsilon=epsilon)(
+            experts, [1.0] * len(experts), gen
+        ).scale(lam)
     opt = dict(zip(merges, scores([(tv, "opt") for tv in merges.values()])))
     ok = [k for k in spec.grid if not isinstance(opt[k], Failure)]
     if not ok:
@@ -76,4 +84,3 @@ def _one(name: str, spec: BaselineSpec, experts, scores: Callable, seed: int, ou
         "epsilon": best[3] if spec.method.startswith("della") else None,
         "opt_mean": {str(k): (mean_score(v) if not isinstance(v, Failure) else None) for k, v in opt.items()},
     }
-

@@ -50,7 +50,11 @@ class MergeCrossover:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        require(self.granularity in ("model", "layer"), "granularity", f"must be 'model' or 'layer', got {self.granularity!r}")
+        require(
+            self.granularity in ("model", "layer"),
+            "granularity",
+            f"must be 'model' or 'layer', got {self.granularity!r}",
+        )
         require(self.sigma >= 0, "sigma", f"must be >= 0, got {self.sigma}")
         ok = len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1]
         require(ok, "scale", f"must be [lo, hi] with 0 < lo <= hi, got {list(self.scale)}")
@@ -95,7 +99,9 @@ class MethodCrossover:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        require(callable(self.merge), "merge", f"must be a merge method (a cycleqd.core.merging.Merge), got {self.merge!r}")
+        require(
+            callable(self.merge), "merge", f"must be a merge method (a cycleqd.core.merging.Merge), got {self.merge!r}"
+        )
         require(self.sigma >= 0, "sigma", f"must be >= 0, got {self.sigma}")
 
     def parent_weights(self, n_parents: int, gen: torch.Generator) -> list[float]:

@@ -1,11 +1,11 @@
 """The CycleQD loop, in pyribs' ask → evaluate → tell form.
 
-    for g in 0..G−1:
-        q = tasks[g mod K]                           # quality task of this generation
-        parents ← 2 elites of archive q (elite sampling)
-        child  ← mutation(crossover(parents), SVD of expert q's task vector)
-        scores ← evaluate(θ0 + child) on every task  (optimisation split)
-        offer the child to every archive
+for g in 0..G−1:
+    q = tasks[g mod K]                           # quality task of this generation
+    parents ← 2 elites of archive q (elite sampling)
+    child  ← mutation(crossover(parents), SVD of expert q's task vector)
+    scores ← evaluate(θ0 + child) on every task  (optimisation split)
+    offer the child to every archive
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from cycleqd.core.archives import CyclicArchives
+from cycleqd.core.elite import EliteRecord
 from cycleqd.core.operators import Operators
 from cycleqd.protocols import Failure, Result
-from cycleqd.core.elite import EliteRecord
 
 
 @dataclass(frozen=True)
@@ -52,11 +52,15 @@ class CycleQD:
         seed: Seed of parent sampling and of the operators.
     """
 
-    def __init__(self, *, archives: CyclicArchives, operators: Operators, children_per_generation: int = 1, seed: int = 0) -> None:
+    def __init__(
+        self, *, archives: CyclicArchives, operators: Operators, children_per_generation: int = 1, seed: int = 0
+    ) -> None:
         if children_per_generation < 1:
             raise ValueError(f"children_per_generation must be >= 1, got {children_per_generation}")
         if archives.solution_dim != operators.solution_dim:
-            raise ValueError(f"archives hold solutions of {archives.solution_dim} numbers, the operators make {operators.solution_dim}")
+            raise ValueError(
+                f"archives hold solutions of {archives.solution_dim} numbers, the operators make {operators.solution_dim}"
+            )
         self.archives = archives
         self.operators = operators
         self.children_per_generation = children_per_generation
@@ -135,7 +139,14 @@ class CycleQD:
         if candidate.id not in self.pending:
             raise ValueError(f"tell_one(): child {candidate.id} was not asked with ask_one() or was told already")
         del self.pending[candidate.id]
-        status = self._offer(candidate.id, candidate.vector, result, candidate.generation, f"child:{candidate.quality_task}", candidate.parents)
+        status = self._offer(
+            candidate.id,
+            candidate.vector,
+            result,
+            candidate.generation,
+            f"child:{candidate.quality_task}",
+            candidate.parents,
+        )
         self.evaluations += 1
         self.generation += 1
         return status

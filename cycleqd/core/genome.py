@@ -27,10 +27,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
-from cycleqd.errors import DamagedFile
-from cycleqd.fileio import write_bytes
 from cycleqd.core.mutation import SVD
 from cycleqd.core.taskvector import Delta, LowRank, TaskVector, as_dense
+from cycleqd.errors import DamagedFile
+from cycleqd.fileio import write_bytes
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,9 @@ class Basis:
                     energy[b.start : b.stop] = self.svds[b.task][b.name].S.detach().double().cpu().numpy() ** 2
                 else:
                     energy[b.start] = float(as_dense(self.deltas[(b.task, b.name)]).double().pow(2).sum())
-            own = {q: np.concatenate([np.arange(b.start, b.stop) for b in self.blocks if b.task == q]) for q in self.tasks}
+            own = {
+                q: np.concatenate([np.arange(b.start, b.stop) for b in self.blocks if b.task == q]) for q in self.tasks
+            }
             self._energy = (energy, own)
         energy, own = self._energy
         c = np.asarray(c, dtype=np.float64)
@@ -244,8 +246,14 @@ class Basis:
 
     def to(self, device: torch.device | str) -> "Basis":
         """Move the bases to ``device`` (once: materialising a child then reads nothing from the host)."""
-        self.svds = {q: {n: SVD(s.U.to(device), s.S.to(device), s.Vh.to(device)) for n, s in svds.items()} for q, svds in self.svds.items()}
-        self.deltas = {k: LowRank(d.B.to(device), d.A.to(device)) if isinstance(d, LowRank) else d.to(device) for k, d in self.deltas.items()}
+        self.svds = {
+            q: {n: SVD(s.U.to(device), s.S.to(device), s.Vh.to(device)) for n, s in svds.items()}
+            for q, svds in self.svds.items()
+        }
+        self.deltas = {
+            k: LowRank(d.B.to(device), d.A.to(device)) if isinstance(d, LowRank) else d.to(device)
+            for k, d in self.deltas.items()
+        }
         return self
 
     def nbytes(self) -> int:

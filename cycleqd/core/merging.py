@@ -45,7 +45,18 @@ import torch
 from cycleqd.checks import check_fields, require
 from cycleqd.core.taskvector import TaskVector, as_dense, linear_combination
 
-METHODS = ("linear", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "model_stock", "slerp")
+METHODS = (
+    "linear",
+    "ties",
+    "dare_linear",
+    "dare_ties",
+    "breadcrumbs",
+    "breadcrumbs_ties",
+    "della",
+    "della_linear",
+    "model_stock",
+    "slerp",
+)
 
 
 def magnitude_mask(t: torch.Tensor, density: float) -> torch.Tensor:
@@ -77,7 +88,11 @@ def _disjoint_merge(stack: torch.Tensor, weights: Sequence[float], normalize: bo
 
 
 def dare(
-    tensors: Sequence[torch.Tensor], weights: Sequence[float], density: float, gen: torch.Generator, combine: str = "linear"
+    tensors: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    density: float,
+    gen: torch.Generator,
+    combine: str = "linear",
 ) -> torch.Tensor:
     if not 0 < density <= 1:
         raise ValueError(f"dare density must be in (0, 1], got {density}")
@@ -100,14 +115,18 @@ def breadcrumbs_mask(t: torch.Tensor, density: float, gamma: float) -> torch.Ten
     return mask.view_as(t)
 
 
-def breadcrumbs(tensors: Sequence[torch.Tensor], weights: Sequence[float], density: float, gamma: float) -> torch.Tensor:
+def breadcrumbs(
+    tensors: Sequence[torch.Tensor], weights: Sequence[float], density: float, gamma: float
+) -> torch.Tensor:
     out = 0
     for t, w in zip(tensors, weights):
         out = out + w * t * breadcrumbs_mask(t, density, gamma)
     return out
 
 
-def breadcrumbs_ties(tensors: Sequence[torch.Tensor], weights: Sequence[float], density: float, gamma: float) -> torch.Tensor:
+def breadcrumbs_ties(
+    tensors: Sequence[torch.Tensor], weights: Sequence[float], density: float, gamma: float
+) -> torch.Tensor:
     masked = torch.stack([t * breadcrumbs_mask(t, density, gamma) for t in tensors])
     return _disjoint_merge(masked, weights, normalize=False)
 
@@ -130,7 +149,12 @@ def della_prune(t: torch.Tensor, density: float, epsilon: float, gen: torch.Gene
 
 
 def della(
-    tensors: Sequence[torch.Tensor], weights: Sequence[float], density: float, epsilon: float, gen: torch.Generator, combine: str = "ties"
+    tensors: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    density: float,
+    epsilon: float,
+    gen: torch.Generator,
+    combine: str = "ties",
 ) -> torch.Tensor:
     pruned = [della_prune(t, density, epsilon, gen) for t in tensors]
     if combine == "linear":
@@ -158,7 +182,7 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float, eps: float = 1e-8) -> torc
     fa, fb = a.flatten().double(), b.flatten().double()
     na, nb = fa.norm(), fb.norm()
     if na < eps or nb < eps:
-        return ((1 - t) * a + t * b)
+        return (1 - t) * a + t * b
     cos = torch.clamp((fa / na) @ (fb / nb), -1.0, 1.0)
     omega = torch.arccos(cos)
     if torch.sin(omega).abs() < 1e-6:
@@ -197,16 +221,21 @@ class Merge:
         require(self.scale > 0, "scale", f"must be positive, got {self.scale}")
         if self.method.startswith("della"):
             require(
-                0 <= self.epsilon and (self.density >= 1 or 0 < self.density - self.epsilon and self.density + self.epsilon < 1),
+                0 <= self.epsilon
+                and (self.density >= 1 or 0 < self.density - self.epsilon and self.density + self.epsilon < 1),
                 "epsilon",
                 f"density ± epsilon must lie in (0, 1), got density={self.density}, epsilon={self.epsilon}",
             )
 
-    def __call__(self, vectors: Sequence[TaskVector], weights: Sequence[float], gen: torch.Generator | None = None) -> TaskVector:
+    def __call__(
+        self, vectors: Sequence[TaskVector], weights: Sequence[float], gen: torch.Generator | None = None
+    ) -> TaskVector:
         merged = self._merge(vectors, weights, gen)
         return merged if self.scale == 1.0 else merged.scale(self.scale)
 
-    def _merge(self, vectors: Sequence[TaskVector], weights: Sequence[float], gen: torch.Generator | None) -> TaskVector:
+    def _merge(
+        self, vectors: Sequence[TaskVector], weights: Sequence[float], gen: torch.Generator | None
+    ) -> TaskVector:
         if self.method == "linear":
             return linear_combination(vectors, list(weights))
         if self.method == "slerp" and len(vectors) != 2:
@@ -240,4 +269,3 @@ class Merge:
         t = self.t if self.t is not None else w[1] / (w[0] + w[1])
         # slerp between the vectors, then scaled by the total weight (1 for normalised weights)
         return slerp(ts[0], ts[1], t) * (w[0] + w[1])
-

@@ -55,11 +55,17 @@ def truncate(delta: LowRank, max_rank: int) -> LowRank:
     return LowRank(s.U[:, :k] * s.S[:k], s.Vh[:k])
 
 
-def expert_svds(expert: TaskVector, *, include_embeddings: bool = False, desc: str = "SVD of an expert") -> dict[str, SVD]:
+def expert_svds(
+    expert: TaskVector, *, include_embeddings: bool = False, desc: str = "SVD of an expert"
+) -> dict[str, SVD]:
     """SVD of each 2-D delta of an expert task vector (computed once per expert, then cached)."""
     from cycleqd.progress import Progress
 
-    names = [n for n, d in expert.items() if len(d.shape) == 2 and (include_embeddings or not ("embed" in n or "lm_head" in n))]
+    names = [
+        n
+        for n, d in expert.items()
+        if len(d.shape) == 2 and (include_embeddings or not ("embed" in n or "lm_head" in n))
+    ]
     out = {}
     with Progress(desc, len(names), "matrix") as progress:
         for name in names:
@@ -88,7 +94,9 @@ class SVDMutation:
 
     def draws(self, svds: Mapping[str, SVD], gen: torch.Generator) -> dict[str, torch.Tensor]:
         """The factors ``r`` of each direction, per parameter, in the order they are drawn."""
-        return {name: torch.rand(s.S.shape[0], generator=gen, dtype=torch.float32) * self.scale for name, s in svds.items()}
+        return {
+            name: torch.rand(s.S.shape[0], generator=gen, dtype=torch.float32) * self.scale for name, s in svds.items()
+        }
 
     def __call__(self, child: TaskVector, svds: Mapping[str, SVD], gen: torch.Generator) -> TaskVector:
         if self.scale == 0:

@@ -20,9 +20,9 @@ import torch
 
 from cycleqd.core.archives import ElitePick
 from cycleqd.core.crossover import MergeCrossover, MethodCrossover
+from cycleqd.core.elite import EliteRecord
 from cycleqd.core.genome import Basis
 from cycleqd.core.mutation import SVD, SVDMutation
-from cycleqd.core.elite import EliteRecord
 from cycleqd.core.taskvector import TaskVector, linear_combination
 
 

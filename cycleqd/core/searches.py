@@ -24,8 +24,8 @@ import numpy as np
 
 from cycleqd.checks import check_fields, require
 from cycleqd.core.crossover import layer_of
-from cycleqd.protocols import Failure, Result, mean_score
 from cycleqd.core.taskvector import TaskVector, linear_combination
+from cycleqd.protocols import Failure, Result, mean_score
 
 SEARCHES = ("cycleqd", "cmaes", "random")
 
@@ -58,11 +58,21 @@ class Search:
     def __post_init__(self) -> None:
         check_fields(self)
         require(self.name in SEARCHES, "name", f"must be one of {list(SEARCHES)}, got {self.name!r}")
-        require(self.evaluations is None or self.evaluations >= 1, "evaluations", f"must be >= 1 or null, got {self.evaluations}")
-        require(self.batch_size is None or self.batch_size >= 2, "batch_size", f"must be >= 2 or null, got {self.batch_size}")
+        require(
+            self.evaluations is None or self.evaluations >= 1,
+            "evaluations",
+            f"must be >= 1 or null, got {self.evaluations}",
+        )
+        require(
+            self.batch_size is None or self.batch_size >= 2,
+            "batch_size",
+            f"must be >= 2 or null, got {self.batch_size}",
+        )
         require(self.sigma0 > 0, "sigma0", f"must be > 0, got {self.sigma0}")
         require(self.low < self.high, "low", f"must be below high, got low={self.low}, high={self.high}")
-        require(self.low <= self.x0 <= self.high, "x0", f"must be in [low, high] = [{self.low}, {self.high}], got {self.x0}")
+        require(
+            self.low <= self.x0 <= self.high, "x0", f"must be in [low, high] = [{self.low}, {self.high}], got {self.x0}"
+        )
 
     def budget(self, n_tasks: int, generations: int, children_per_generation: int, final_evaluations: int) -> int:
         """This search's evaluations: its own, or CycleQD's with the same settings
@@ -84,7 +94,9 @@ class LayerCoefficients:
             children are; None: the base model), for a search around it.
     """
 
-    def __init__(self, tasks: Sequence[str], experts: Mapping[str, TaskVector], basis: Any = None, origin: Any = None) -> None:
+    def __init__(
+        self, tasks: Sequence[str], experts: Mapping[str, TaskVector], basis: Any = None, origin: Any = None
+    ) -> None:
         self.tasks, self.experts, self.basis, self.origin = list(tasks), experts, basis, origin
         self.groups = list(dict.fromkeys(layer_of(n) for q in self.tasks for n in experts[q]))
         self.dim = len(self.tasks) * len(self.groups)
@@ -129,7 +141,9 @@ class CoefficientSearch:
         self.rng = np.random.default_rng(seed)
         self.es = None
         if search.name == "cmaes":
-            self.es = CMAEvolutionStrategy(search.sigma0, dim, batch_size=self.batch, seed=seed, lower_bounds=search.low, upper_bounds=search.high)
+            self.es = CMAEvolutionStrategy(
+                search.sigma0, dim, batch_size=self.batch, seed=seed, lower_bounds=search.low, upper_bounds=search.high
+            )
             self.es.reset(np.full(dim, search.x0))
         self.best_x: np.ndarray | None = None
         self.best_result: Result | None = None
@@ -151,7 +165,9 @@ class CoefficientSearch:
         """Record a round's results; returns its metrics (for the run's log)."""
         values = np.array([-1.0 if isinstance(r, Failure) else mean_score(r) for r in results])  # a failure ranks last
         failed = sum(isinstance(r, Failure) for r in results)
-        if self.es is not None and len(xs) == self.batch:  # a partial last round is not told: CMA-ES ranks whole populations
+        if (
+            self.es is not None and len(xs) == self.batch
+        ):  # a partial last round is not told: CMA-ES ranks whole populations
             order = np.argsort(-values, kind="stable")
             self.es.tell(order, values[order], num_parents=self.batch // 2)
         i = int(np.argmax(values))
@@ -160,10 +176,20 @@ class CoefficientSearch:
         self.done += len(xs)
         self.failures += failed
         self.rounds += 1
-        return {"evaluations": self.done, "best_opt_mean": self.best_value, "batch_opt_mean": float(values.mean()), "failed": failed}
+        return {
+            "evaluations": self.done,
+            "best_opt_mean": self.best_value,
+            "batch_opt_mean": float(values.mean()),
+            "failed": failed,
+        }
 
     def counts(self) -> dict:
-        return {"evaluations": self.done, "rounds": self.rounds, "batch_size": self.batch, "failed_evaluations": self.failures}
+        return {
+            "evaluations": self.done,
+            "rounds": self.rounds,
+            "batch_size": self.batch,
+            "failed_evaluations": self.failures,
+        }
 
     _STATE = ("rng", "es", "best_x", "best_result", "best_value", "done", "failures", "rounds")
 
@@ -171,7 +197,12 @@ class CoefficientSearch:
         """Everything a resumed search needs: CMA-ES's distribution and generator, the random
         draws' generator, the best so far and the counts (settings come from the config; the
         shape is kept to refuse a config that does not fit)."""
-        return {"name": self.search.name, "dim": self.dim, "batch": self.batch, **{k: getattr(self, k) for k in self._STATE}}
+        return {
+            "name": self.search.name,
+            "dim": self.dim,
+            "batch": self.batch,
+            **{k: getattr(self, k) for k in self._STATE},
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         for key, mine in (("name", self.search.name), ("dim", self.dim), ("batch", self.batch)):

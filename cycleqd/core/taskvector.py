@@ -30,7 +30,9 @@ class LowRank:
 
     def __post_init__(self) -> None:
         if self.B.ndim != 2 or self.A.ndim != 2 or self.B.shape[1] != self.A.shape[0]:
-            raise ValueError(f"LowRank needs B (out, r) and A (r, in); got {tuple(self.B.shape)} and {tuple(self.A.shape)}")
+            raise ValueError(
+                f"LowRank needs B (out, r) and A (r, in); got {tuple(self.B.shape)} and {tuple(self.A.shape)}"
+            )
 
     @property
     def shape(self) -> torch.Size:
@@ -184,7 +186,9 @@ class TaskVector(Mapping[str, Delta]):
         return cls.from_bytes(Path(path).read_bytes(), path, device)
 
     @classmethod
-    def from_bytes(cls, data: bytes, source: str | Path = "<bytes>", device: str | torch.device = "cpu") -> "TaskVector":
+    def from_bytes(
+        cls, data: bytes, source: str | Path = "<bytes>", device: str | torch.device = "cpu"
+    ) -> "TaskVector":
         """Parse the contents of a file written by :meth:`save` (``source`` names it in errors).
 
         Raises:

@@ -52,12 +52,15 @@ class LocalEvaluator:
 
     def __init__(self, *, timeout_s: float | None = 3600.0, max_consecutive_failures: int = 20) -> None:
         require(
-            timeout_s is None or (isinstance(timeout_s, numbers.Real) and not isinstance(timeout_s, bool) and timeout_s > 0),
+            timeout_s is None
+            or (isinstance(timeout_s, numbers.Real) and not isinstance(timeout_s, bool) and timeout_s > 0),
             "timeout_s",
             f"must be a positive number of seconds or null, got {timeout_s!r}",
         )
         require(
-            isinstance(max_consecutive_failures, int) and not isinstance(max_consecutive_failures, bool) and max_consecutive_failures >= 1,
+            isinstance(max_consecutive_failures, int)
+            and not isinstance(max_consecutive_failures, bool)
+            and max_consecutive_failures >= 1,
             "max_consecutive_failures",
             f"must be a positive integer, got {max_consecutive_failures!r}",
         )
@@ -183,21 +186,59 @@ class RayPool:
         object_store_mb: int | None = 512,
         start_timeout_s: float = 600.0,
     ) -> None:
-        require(isinstance(num_workers, int) and not isinstance(num_workers, bool) and num_workers >= 1, "num_workers", f"must be a positive integer, got {num_workers!r}")
-        require(isinstance(num_gpus, numbers.Real) and not isinstance(num_gpus, bool) and num_gpus >= 0, "num_gpus", f"must be >= 0, got {num_gpus!r}")
-        require(isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1, "threads", f"must be a positive integer, got {threads!r}")
+        require(
+            isinstance(num_workers, int) and not isinstance(num_workers, bool) and num_workers >= 1,
+            "num_workers",
+            f"must be a positive integer, got {num_workers!r}",
+        )
+        require(
+            isinstance(num_gpus, numbers.Real) and not isinstance(num_gpus, bool) and num_gpus >= 0,
+            "num_gpus",
+            f"must be >= 0, got {num_gpus!r}",
+        )
+        require(
+            isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1,
+            "threads",
+            f"must be a positive integer, got {threads!r}",
+        )
         require(mode in ("sync", "async"), "mode", f"must be 'sync' or 'async', got {mode!r}")
-        require(address is None or isinstance(address, str), "address", f"must be null, auto or a Ray address, got {address!r}")
+        require(
+            address is None or isinstance(address, str),
+            "address",
+            f"must be null, auto or a Ray address, got {address!r}",
+        )
         for key, v in (("timeout_s", timeout_s), ("hang_timeout_s", hang_timeout_s)):
-            require(v is None or (isinstance(v, numbers.Real) and not isinstance(v, bool) and v > 0), key, f"must be a positive number of seconds or null, got {v!r}")
-        require(isinstance(start_timeout_s, numbers.Real) and not isinstance(start_timeout_s, bool) and start_timeout_s > 0, "start_timeout_s", f"must be a positive number of seconds, got {start_timeout_s!r}")
-        require(isinstance(max_consecutive_failures, int) and max_consecutive_failures >= 1, "max_consecutive_failures", f"must be a positive integer, got {max_consecutive_failures!r}")
-        require(object_store_mb is None or (isinstance(object_store_mb, int) and object_store_mb >= 64), "object_store_mb", f"must be >= 64 or null, got {object_store_mb!r}")
+            require(
+                v is None or (isinstance(v, numbers.Real) and not isinstance(v, bool) and v > 0),
+                key,
+                f"must be a positive number of seconds or null, got {v!r}",
+            )
+        require(
+            isinstance(start_timeout_s, numbers.Real) and not isinstance(start_timeout_s, bool) and start_timeout_s > 0,
+            "start_timeout_s",
+            f"must be a positive number of seconds, got {start_timeout_s!r}",
+        )
+        require(
+            isinstance(max_consecutive_failures, int) and max_consecutive_failures >= 1,
+            "max_consecutive_failures",
+            f"must be a positive integer, got {max_consecutive_failures!r}",
+        )
+        require(
+            object_store_mb is None or (isinstance(object_store_mb, int) and object_store_mb >= 64),
+            "object_store_mb",
+            f"must be >= 64 or null, got {object_store_mb!r}",
+        )
         try:
             import ray  # noqa: F401
         except ImportError:
             raise ConfigError("evaluator", "evaluator=ray needs Ray: pip install -e '.[ray]'") from None
-        self.num_workers, self.num_gpus, self.threads, self.address, self.mode = num_workers, float(num_gpus), threads, address, mode
+        self.num_workers, self.num_gpus, self.threads, self.address, self.mode = (
+            num_workers,
+            float(num_gpus),
+            threads,
+            address,
+            mode,
+        )
         self.timeout_s = None if timeout_s is None else float(timeout_s)
         self.hang_timeout_s = hang_timeout_s
         self.max_consecutive_failures = max_consecutive_failures

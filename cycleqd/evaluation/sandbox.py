@@ -27,7 +27,7 @@ from cycleqd.checks import check_fields, require
 NOBODY = 65534
 
 # Runs first in the sandboxed interpreter: confine it, then run the code in main.py.
-_BOOT = r'''
+_BOOT = r"""
 import os, resource, sys
 cpu, mem, fsize, nproc, nobody = (int(a) for a in sys.argv[1:6])
 resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
@@ -69,7 +69,7 @@ def hook(event, args):
 sys.addaudithook(hook)
 sys.argv = ["main.py"]
 runpy.run_path("main.py", run_name="__main__")
-'''
+"""
 
 
 @dataclass(frozen=True)
@@ -145,8 +145,20 @@ def run_python(code: str, limits: Limits = Limits()) -> Outcome:
         if nobody >= 0:
             os.chown(scratch, NOBODY, NOBODY)
             os.chown(os.path.join(scratch, "main.py"), NOBODY, NOBODY)
-        env = {"PATH": "/usr/bin:/bin", "HOME": scratch, "TMPDIR": scratch, "LANG": "C.UTF-8", "OPENBLAS_NUM_THREADS": "1"}
-        caps = [max(1, int(limits.cpu_s)), limits.memory_mb * 2**20, limits.file_mb * 2**20, limits.max_processes, nobody]
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "HOME": scratch,
+            "TMPDIR": scratch,
+            "LANG": "C.UTF-8",
+            "OPENBLAS_NUM_THREADS": "1",
+        }
+        caps = [
+            max(1, int(limits.cpu_s)),
+            limits.memory_mb * 2**20,
+            limits.file_mb * 2**20,
+            limits.max_processes,
+            nobody,
+        ]
         # The limits are set by the child itself, first thing: no preexec_fn, which is unsafe
         # when the parent has threads (items are scored in parallel).
         proc = subprocess.Popen(
@@ -165,6 +177,8 @@ def run_python(code: str, limits: Limits = Limits()) -> Outcome:
             timed_out = True
             _kill_group(proc.pid)  # before it is reaped, so its group id cannot belong to another process yet
             out, err = proc.communicate()
-        return Outcome(proc.returncode, timed_out, out.decode(errors="replace")[-2000:], err.decode(errors="replace")[-2000:])
+        return Outcome(
+            proc.returncode, timed_out, out.decode(errors="replace")[-2000:], err.decode(errors="replace")[-2000:]
+        )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -12,9 +12,9 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
+from cycleqd.core.taskvector import LowRank, TaskVector
 from cycleqd.errors import EvaluationFailed
 from cycleqd.protocols import Failure, ItemScores, Result, Task, TextModel, scored_by_items
-from cycleqd.core.taskvector import LowRank, TaskVector
 
 
 class ResidentModel:
@@ -113,7 +113,9 @@ def _check_items(task: str, values: Any, bounded: bool = True) -> tuple[list[flo
     try:
         items = [float(v) for v in values]
     except (TypeError, ValueError):
-        return None, Failure("out_of_range", task, f"evaluate_items returned {type(values).__name__}, not a sequence of numbers")
+        return None, Failure(
+            "out_of_range", task, f"evaluate_items returned {type(values).__name__}, not a sequence of numbers"
+        )
     if not items:
         return None, Failure("out_of_range", task, "evaluate_items returned no items")
     for v in items:
@@ -123,7 +125,9 @@ def _check_items(task: str, values: Any, bounded: bool = True) -> tuple[list[flo
     return items, None
 
 
-def score_tasks(model: TextModel, tasks: Sequence[Task], split: str, timeout_s: float | None = None, items: bool | None = None) -> Result:
+def score_tasks(
+    model: TextModel, tasks: Sequence[Task], split: str, timeout_s: float | None = None, items: bool | None = None
+) -> Result:
     """Each task's score of ``model`` on ``split``, or the :class:`Failure` of the first task
     that raises, runs past ``timeout_s`` seconds, or returns something other than a
     finite number in [0, 1] (any finite number for a lower-is-better task).
@@ -156,7 +160,11 @@ def score_tasks(model: TextModel, tasks: Sequence[Task], split: str, timeout_s: 
         except Exception as e:
             return Failure("raised", t.name, _one_line(e))
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            return Failure("out_of_range", t.name, f"returned {value!r} ({type(value).__name__}), not a number" + (" in [0, 1]" if bounded else ""))
+            return Failure(
+                "out_of_range",
+                t.name,
+                f"returned {value!r} ({type(value).__name__}), not a number" + (" in [0, 1]" if bounded else ""),
+            )
         value = float(value)
         failure = _out_of_bounds(t.name, value, "returned", bounded)
         if failure is not None:
@@ -165,7 +173,9 @@ def score_tasks(model: TextModel, tasks: Sequence[Task], split: str, timeout_s: 
     return ItemScores(scores, per_item) if per_item else scores
 
 
-def evaluate_model(model_dir, tasks: Sequence[Task], split: str = "test", *, batch_size: int = 256, device=None) -> dict[str, float]:
+def evaluate_model(
+    model_dir, tasks: Sequence[Task], split: str = "test", *, batch_size: int = 256, device=None
+) -> dict[str, float]:
     """Scores of a saved transformers model (an exported elite, say) on ``tasks``, new ones included."""
     from cycleqd.models.loading import HFTextModel, load_model
 

@@ -13,11 +13,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from cycleqd.core.genome import place_basis
+from cycleqd.core.taskvector import TaskVector
 from cycleqd.evaluation.scoring import ResidentModel, score_tasks
 from cycleqd.fileio import fault_point
-from cycleqd.core.genome import place_basis
 from cycleqd.protocols import Failure, Result
-from cycleqd.core.taskvector import TaskVector
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,17 @@ class Worker:
         timeout_s: Seconds one task may take to score one model.
     """
 
-    def __init__(self, model, tokenizer, tasks: Sequence, touched: Sequence[str], basis=None, *, eval_batch_size: int = 256, timeout_s: float | None = None) -> None:
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        tasks: Sequence,
+        touched: Sequence[str],
+        basis=None,
+        *,
+        eval_batch_size: int = 256,
+        timeout_s: float | None = None,
+    ) -> None:
         from cycleqd.models.loading import HFTextModel
 
         self.model, self.tasks, self.basis, self.timeout_s = model, list(tasks), basis, timeout_s
@@ -80,7 +90,9 @@ class Worker:
         tasks = [instantiate(node, _convert_="all") for node in spec.tasks.values()]
         if basis is not None:
             place_basis(basis, next(model.parameters()).device)
-        return cls(model, tokenizer, tasks, spec.touched, basis, eval_batch_size=spec.eval_batch_size, timeout_s=spec.timeout_s)
+        return cls(
+            model, tokenizer, tasks, spec.touched, basis, eval_batch_size=spec.eval_batch_size, timeout_s=spec.timeout_s
+        )
 
     def task_vector(self, x: TaskVector | np.ndarray | None):
         """What the resident model is given for ``x``: the task vector, or a genome's view."""

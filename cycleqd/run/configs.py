@@ -11,7 +11,6 @@ from typing import Sequence
 from omegaconf import DictConfig, OmegaConf
 
 import cycleqd.conf
-
 from cycleqd.errors import ConfigError, DamagedFile
 
 # The configs live in the top-level conf/ folder, installed as the package cycleqd.conf.
@@ -38,13 +37,18 @@ def _hydra_error(e: Exception, overrides: Sequence[str]) -> ConfigError:
             try:
                 parser.parse_override(o)
             except Exception:
-                return ConfigError(o.split("=", 1)[0].lstrip("+~"), f"cannot parse the override {o!r} ({_first_line(text)})")
+                return ConfigError(
+                    o.split("=", 1)[0].lstrip("+~"), f"cannot parse the override {o!r} ({_first_line(text)})"
+                )
         return ConfigError("", _first_line(text))
     if isinstance(e, MissingConfigException):
         m = re.search(r"Could not (?:load|find) '([^']+)/([^'/]+)'", text)
         if m:
             group, option = m.group(1), m.group(2)
-            return ConfigError(group.replace("/", "."), f"no config {option!r} in group {group!r} (options: {', '.join(group_options(group))})")
+            return ConfigError(
+                group.replace("/", "."),
+                f"no config {option!r} in group {group!r} (options: {', '.join(group_options(group))})",
+            )
         return ConfigError("", _first_line(text))
     m = re.search(r"Could not override '([^']+)'", text)
     if m:

@@ -45,8 +45,12 @@ class RunLock:
         except BlockingIOError:
             os.close(fd)
             raise RunInUse(in_use_message(self.run_dir)) from None
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "command": " ".join(sys.argv)[:200]}
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "command": " ".join(sys.argv)[:200],
+        }
         # Rewritten in place, not renamed: the lock belongs to this inode.
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps(info).encode())

@@ -94,7 +94,12 @@ def upgrade_targets(node: Any, key: str = "") -> None:
             old = node[k]
             new = new_path(old) if isinstance(old, str) else old
             if new != old:
-                log.warning("%s: %s has moved to %s; the old path still works, this config may name the new one", where, old, new)
+                log.warning(
+                    "%s: %s has moved to %s; the old path still works, this config may name the new one",
+                    where,
+                    old,
+                    new,
+                )
                 with read_write(node):
                     node[k] = new
         elif isinstance(child, (DictConfig, ListConfig)):

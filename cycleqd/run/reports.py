@@ -29,7 +29,14 @@ def heatmaps(archives: CyclicArchives, run_dir: Path) -> dict[str, Path]:
         fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(d)), 4) if axes else (5, 4))
         if axes:
             unit = " (fraction of its range)" if archives.kind == "dns" else ""
-            parallel_axes_plot(archive, ax=ax, measure_order=[(j, f"{t}{unit}") for j, t in enumerate(d)], vmin=0.0, vmax=1.0, cmap="viridis")
+            parallel_axes_plot(
+                archive,
+                ax=ax,
+                measure_order=[(j, f"{t}{unit}") for j, t in enumerate(d)],
+                vmin=0.0,
+                vmax=1.0,
+                cmap="viridis",
+            )
         elif archive.measure_dim == 1 and len(archive) == 1 and archives.kind == "grid":
             _heatmap_1d_single(archive, ax)  # pyribs 0.12 fails on a 1-D archive holding one elite
         elif archives.kind == "cvt":

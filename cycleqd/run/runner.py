@@ -25,30 +25,30 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cycleqd.run import checkpoint
+from cycleqd.core.aggregation import aggregate_best
 from cycleqd.core.archives import range_warnings
 from cycleqd.core.baselines import static_merges
-from cycleqd.run.components import Components, build
-from cycleqd.models.embedded import cache_root
-from cycleqd.errors import ConfigError, DamagedFile, EvaluationFailed, RunInterrupted, TooManyFailures
 from cycleqd.core.evolve import CycleQD
-from cycleqd.models.experts import expert_vectors, locate_models
-from cycleqd.fileio import fault_point, read_json, remove, remove_temporaries, write_json, write_text
 from cycleqd.core.genome import Basis, cached_expert_basis, place_basis
-from cycleqd.run.lock import RunLock
-from cycleqd.models.loading import default_device, load_model
 from cycleqd.core.mutation import expert_svds
 from cycleqd.core.operators import DenseOperators, GenomeOperators
+from cycleqd.core.taskvector import TaskVector
+from cycleqd.errors import ConfigError, DamagedFile, EvaluationFailed, RunInterrupted, TooManyFailures
+from cycleqd.evaluation.workers import Worker, WorkerSpec
+from cycleqd.fileio import fault_point, read_json, remove, remove_temporaries, write_json, write_text
+from cycleqd.models.embedded import cache_root
+from cycleqd.models.experts import expert_vectors, locate_models
+from cycleqd.models.loading import default_device, load_model
 from cycleqd.progress import Progress
 from cycleqd.progress import configure as configure_progress
 from cycleqd.protocols import Failure, Result, mean_score
+from cycleqd.run import checkpoint
+from cycleqd.run.components import Components, build
+from cycleqd.run.lock import RunLock
 from cycleqd.run.reports import elite_table, heatmaps
-from cycleqd.core.aggregation import aggregate_best
-from cycleqd.stats import compare_to
 from cycleqd.run.stopping import Stop
 from cycleqd.run.store import EliteStore
-from cycleqd.core.taskvector import TaskVector
-from cycleqd.evaluation.workers import Worker, WorkerSpec
+from cycleqd.stats import compare_to
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,9 @@ class Run:
         root = Path(cfg.model.cache_dir) if cfg.model.get("cache_dir") else cache_root()
         parts, self.basis_files = {}, {}
         for t in self.names:
-            parts[t], key = cached_expert_basis(self.experts[t], root, lambda tv, t=t: expert_svds(tv, desc=f"SVD of expert {t}"))
+            parts[t], key = cached_expert_basis(
+                self.experts[t], root, lambda tv, t=t: expert_svds(tv, desc=f"SVD of expert {t}")
+            )
             self.basis_files[t] = str(root / "bases" / f"{key[:32]}.safetensors")
         if self.c.genome:
             self.basis = Basis(self.names, parts)
@@ -109,11 +111,15 @@ class Run:
             self.seeds = {t: self.basis.expert(t) for t in self.names}
         else:
             self.basis = None
-            operators = DenseOperators(self.c.crossover, self.c.mutation, {t: parts[t].svds for t in self.names}, self.store)
+            operators = DenseOperators(
+                self.c.crossover, self.c.mutation, {t: parts[t].svds for t in self.names}, self.store
+            )
             archives = self.c.archives
             self.seeds = self.experts
         self.operators = operators
-        self.qd = CycleQD(archives=archives, operators=operators, children_per_generation=cfg.children_per_generation, seed=cfg.seed)
+        self.qd = CycleQD(
+            archives=archives, operators=operators, children_per_generation=cfg.children_per_generation, seed=cfg.seed
+        )
         # Who scores: this process (its resident model), or a pool of workers built from the spec.
         spec = WorkerSpec(
             base_dir=str(base_dir),
@@ -129,7 +135,15 @@ class Run:
         if self.pool.needs_local_worker:
             if self.basis is not None:
                 log.info("expert bases: %s", place_basis(self.basis, next(self.model.parameters()).device))
-            local = Worker(self.model, tokenizer, self.tasks, touched, self.basis, eval_batch_size=cfg.eval_batch_size, timeout_s=self.pool.timeout_s)
+            local = Worker(
+                self.model,
+                tokenizer,
+                self.tasks,
+                touched,
+                self.basis,
+                eval_batch_size=cfg.eval_batch_size,
+                timeout_s=self.pool.timeout_s,
+            )
         self.pool.start(local, spec, self.basis)
 
     def scores(self, items: list[tuple[TaskVector | np.ndarray | None, str]]) -> list[Result]:
@@ -163,7 +177,10 @@ class Run:
     def restore(self, ckpt: checkpoint.Checkpoint) -> None:
         genome = bool(ckpt.state.get("genome"))
         if genome != self.c.genome:
-            raise ConfigError("genome", f"the checkpoint holds {'genomes' if genome else 'task vectors'}; resume with genome={str(genome).lower()}")
+            raise ConfigError(
+                "genome",
+                f"the checkpoint holds {'genomes' if genome else 'task vectors'}; resume with genome={str(genome).lower()}",
+            )
         self.qd.load_state_dict(ckpt.state["qd"])
         self.experts_opt = ckpt.state["experts_opt"]
         self.best_opt_mean = ckpt.state.get("best_opt_mean", float("-inf"))
@@ -210,7 +227,11 @@ class Run:
             pool.submit(c.id, c.vector, "opt")
         t0 = time.perf_counter()
         while qd.generation < self.cfg.generations:
-            while not self.stop.requested and qd.generation + len(qd.pending) < self.cfg.generations and pool.in_flight < pool.num_workers:
+            while (
+                not self.stop.requested
+                and qd.generation + len(qd.pending) < self.cfg.generations
+                and pool.in_flight < pool.num_workers
+            ):
                 c = qd.ask_one()
                 pool.submit(c.id, c.vector, "opt")
             fault_point(f"generation {qd.generation}")
@@ -231,7 +252,11 @@ class Run:
         cfg, qd = self.cfg, self.qd
         self._track_best(results)
         limit = getattr(self.pool, "max_consecutive_failures", None)
-        failures = [{"child": c.id, "reason": r.reason, "task": r.task, "message": r.message} for c, r in zip(candidates, results) if isinstance(r, Failure)]
+        failures = [
+            {"child": c.id, "reason": r.reason, "task": r.task, "message": r.message}
+            for c, r in zip(candidates, results)
+            if isinstance(r, Failure)
+        ]
         stats = qd.archives.stats()
         metrics = {
             "generation": qd.generation - 1,
@@ -275,7 +300,11 @@ class Run:
     def _check_stop(self) -> None:
         if self.stop.requested:
             loop = self.search_loop
-            where = f"generation {self.qd.generation} of {self.cfg.generations}" if loop is None else f"evaluation {loop.done} of {loop.budget}"
+            where = (
+                f"generation {self.qd.generation} of {self.cfg.generations}"
+                if loop is None
+                else f"evaluation {loop.done} of {loop.budget}"
+            )
             raise RunInterrupted(
                 f"{self.stop.requested}: stopped at {where}; "
                 f"checkpoint written. Resume with: cycleqd resume {self.run_dir}"
@@ -314,8 +343,14 @@ class Run:
             info["candidates"] = {"merge": merge_mean, f"elite:{top.id}": top.objective}
             # The merge wins ties: it is the paper's model, and a tie on opt is no evidence against it.
             if merge_mean is None or top.objective > merge_mean:
-                info |= {"chosen": "elite", "elites": [{"id": top.id, "weight": 1.0}], "merge_elites": info.pop("elites")}
-                return self.refine(self.operators.combine([self.operators.parent(top)], [1.0]), top.objective, info), info
+                info |= {
+                    "chosen": "elite",
+                    "elites": [{"id": top.id, "weight": 1.0}],
+                    "merge_elites": info.pop("elites"),
+                }
+                return self.refine(
+                    self.operators.combine([self.operators.parent(top)], [1.0]), top.objective, info
+                ), info
         info["chosen"] = "merge"
         return self.refine(self.operators.combine([merged], [best]), info.get("opt_mean", {}).get(best), info), info
 
@@ -357,10 +392,18 @@ class Run:
                 self._check_stop()  # a stop resumes from the last checkpoint, which reruns the final phase
 
             self._check_stop()
-            x, result, counts = run_search(search, space, self.scores, final.refine, self.cfg.seed, on_batch=after_round)
+            x, result, counts = run_search(
+                search, space, self.scores, final.refine, self.cfg.seed, on_batch=after_round
+            )
         found = None if result is None or isinstance(result, Failure) else mean_score(result)
         applied = found is not None and (opt_mean is None or found > opt_mean)
-        info["refine"] = {"evaluations": counts["evaluations"], "failed": counts["failed_evaluations"], "opt_mean_before": opt_mean, "opt_mean": found, "applied": applied}
+        info["refine"] = {
+            "evaluations": counts["evaluations"],
+            "failed": counts["failed_evaluations"],
+            "opt_mean_before": opt_mean,
+            "opt_mean": found,
+            "applied": applied,
+        }
         if not applied:
             return model
         info["refine"]["coefficients"] = space.describe(x)
@@ -387,12 +430,16 @@ class Run:
         final_tv, final_info = searched if searched is not None else self.final_model()
         self._check_stop()
         with Progress("experts and base on test", len(self.experts) + 1, "evaluation") as progress:
-            *expert_results, base_result = self.scores([(tv, "test") for tv in self.experts.values()] + [(None, "test")])
+            *expert_results, base_result = self.scores(
+                [(tv, "test") for tv in self.experts.values()] + [(None, "test")]
+            )
             progress.update(len(self.experts) + 1)
         experts = {t: scored(f"expert:{t}", r) for t, r in zip(self.experts, expert_results)}
         base = scored("base", base_result)
         self._check_stop()
-        baseline_results, chosen, failed_baselines = static_merges([self.experts[t] for t in self.names], self.c.baselines, self.scores, self.cfg.seed)
+        baseline_results, chosen, failed_baselines = static_merges(
+            [self.experts[t] for t in self.names], self.c.baselines, self.scores, self.cfg.seed
+        )
         baselines = {name: scored(f"baseline:{name}", r) for name, r in baseline_results.items()}
         failed.update({f"baseline:{k}": v for k, v in failed_baselines.items()})
         self._check_stop()
@@ -412,7 +459,9 @@ class Run:
             "generations": self.qd.generation,
             "evaluations": self.qd.evaluations if searched is None else final_info["evaluations"],
             # every evaluation on the opt split that chose the final model (the budget of a comparison)
-            "opt_evaluations": self.qd.evaluations + len(final_info.get("opt_mean", {})) + final_info.get("refine", {}).get("evaluations", 0)
+            "opt_evaluations": self.qd.evaluations
+            + len(final_info.get("opt_mean", {}))
+            + final_info.get("refine", {}).get("evaluations", 0)
             if searched is None
             else final_info["evaluations"],
             "experts": {t: s for t, s in experts.items() if s is not None},
@@ -428,7 +477,8 @@ class Run:
             # experts' opt scores outside a descriptor range (the archives lump such models together)
             "range_warnings": self.range_warnings() if searched is None else [],
             "failures": {"count": sum(self.qd.failures.values()), "by_reason": dict(sorted(self.qd.failures.items()))},
-            "failed": failed | {f"expert_opt:{t}": str(r) for t, r in self.experts_opt.items() if isinstance(r, Failure)},
+            "failed": failed
+            | {f"expert_opt:{t}": str(r) for t, r in self.experts_opt.items() if isinstance(r, Failure)},
             "wall_time_s": self.elapsed,
             "base_model": str(self.base_dir),
         }
@@ -477,14 +527,24 @@ def run(cfg: DictConfig, run_dir: str | Path, resume: bool = False, write_config
         ckpt, summary = prior_state(run_dir)
         if ckpt is not None and not resume:
             raise ConfigError(
-                "hydra.run.dir", f"{str(run_dir)!r} already holds a run (checkpoint at {ckpt.where()}): resume it with `cycleqd resume {run_dir}` or choose another directory"
+                "hydra.run.dir",
+                f"{str(run_dir)!r} already holds a run (checkpoint at {ckpt.where()}): "
+                f"resume it with `cycleqd resume {run_dir}` or choose another directory",
             )
         if ckpt is not None:
             kind = ckpt.search_name
             if kind != components.search.name:
-                raise ConfigError("search", f"the checkpoint is of search={kind}, the config asks for search={components.search.name}; resume with search={kind}")
+                raise ConfigError(
+                    "search",
+                    f"the checkpoint is of search={kind}, the config asks for search={components.search.name}; resume with search={kind}",
+                )
             if ckpt.search is None:
-                done, target, key, limit = ckpt.generation, cfg.generations, "generations", f"generations={cfg.generations}"
+                done, target, key, limit = (
+                    ckpt.generation,
+                    cfg.generations,
+                    "generations",
+                    f"generations={cfg.generations}",
+                )
                 finished = summary is not None and summary.get("generations") == done == target
             else:
                 done, target, key = ckpt.search["done"], search_budget(cfg, components), "search.evaluations"
@@ -560,7 +620,15 @@ def _search(r: Run, ckpt: checkpoint.Checkpoint | None) -> dict[str, Any]:
             t0 = time.perf_counter()
             xs = loop.ask()
             m = loop.tell(xs, r.scores([(space.child(x), "opt") for x in xs]))
-            r.logger.log({**m, "generation": m["evaluations"] - 1, "seconds": time.perf_counter() - t0, "elapsed_s": r.elapsed, "workers": r.pool.utilisation()})
+            r.logger.log(
+                {
+                    **m,
+                    "generation": m["evaluations"] - 1,
+                    "seconds": time.perf_counter() - t0,
+                    "elapsed_s": r.elapsed,
+                    "workers": r.pool.utilisation(),
+                }
+            )
             checkpoint.commit(r.run_dir, {"search": loop.state_dict(), "elapsed_s": r.elapsed}, {})
             bar.update(len(xs))
             bar.set_postfix(best=f"{loop.best_value:.3f}")
@@ -569,5 +637,10 @@ def _search(r: Run, ckpt: checkpoint.Checkpoint | None) -> dict[str, Any]:
         bar.close()
     if loop.best_x is None or isinstance(loop.best_result, Failure):
         raise EvaluationFailed(f"search={search.name}: every one of {budget} candidates failed on the opt split")
-    info = {"search": search.name, "coefficients": space.describe(loop.best_x), "opt_mean": loop.best_value, **loop.counts()}
+    info = {
+        "search": search.name,
+        "coefficients": space.describe(loop.best_x),
+        "opt_mean": loop.best_value,
+        **loop.counts(),
+    }
     return r.finish((space.child(loop.best_x), info))

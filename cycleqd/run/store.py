@@ -15,10 +15,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from cycleqd.errors import DamagedFile
-from cycleqd.fileio import remove, write_json
 from cycleqd.core.elite import EliteRecord
 from cycleqd.core.taskvector import TaskVector
+from cycleqd.errors import DamagedFile
+from cycleqd.fileio import remove, write_json
 
 
 class EliteStore:
@@ -52,7 +52,10 @@ class EliteStore:
         p = self.root / name
         if not p.is_file():
             if name in self.checksums:
-                raise DamagedFile(p, "missing, though the checkpoint names it (a run still going may have replaced that checkpoint: load it again)")
+                raise DamagedFile(
+                    p,
+                    "missing, though the checkpoint names it (a run still going may have replaced that checkpoint: load it again)",
+                )
             raise KeyError(f"elite {int(name[6:12])} is not in the store {str(self.root)!r}")
         data = p.read_bytes()
         want = self.checksums.get(name)
@@ -114,4 +117,3 @@ class EliteStore:
         for p in self.root.glob("elite-*.json"):  # a record whose tensor file never landed
             if int(p.stem.split("-")[1]) not in keep:
                 remove(p)
-
