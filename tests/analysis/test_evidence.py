@@ -24,9 +24,9 @@ from cycleqd.evaluation.scoring import score_tasks
 from cycleqd.protocols import ItemScores, Measure
 from cycleqd.run.components import FinalSpec
 from cycleqd.stats import compare_to, differences, paired_bootstrap
+from tests.builders import TASKS as GENOME_TASKS
+from tests.builders import toy_setup
 from tests.runs import cli, main, run_fingerprint
-from tests.test_genome import TASKS as GENOME_TASKS
-from tests.test_genome import _setup
 from tests.tiny import lively_overrides, tiny_overrides
 
 
@@ -136,7 +136,7 @@ def test_a_run_reports_its_differences_with_intervals(cli_run: Path):
 # -- searches over per-layer merge coefficients ---------------------------------------------------
 @pytest.mark.parametrize("kind", ["full", "lora"])
 def test_layer_coefficients_as_a_genome_equal_the_dense_merge(kind):
-    experts, _, basis = _setup(kind)
+    experts, _, basis = toy_setup(kind)
     dense = LayerCoefficients(GENOME_TASKS, experts)
     genome = LayerCoefficients(GENOME_TASKS, experts, basis)
     assert dense.groups == genome.groups and dense.dim == 3 * len(dense.groups)

@@ -22,7 +22,7 @@ from cycleqd.run.runner import Run
 from tests.runs import cli, main, one_line_error
 from tests.tiny import tiny_overrides
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 GROUPS = {
     g: sorted(p.stem for p in (Path(CONF_DIR) / g).glob("*.yaml"))
     for g in ("crossover", "mutation", "evaluator", "logger", "experiment", "search")

@@ -14,7 +14,7 @@ from cycleqd.analysis.rundata import load_run
 from cycleqd.run.runner import run
 from tests.tiny import TASKS, compose_tiny
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _score_map(d, tasks=TASKS):

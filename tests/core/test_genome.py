@@ -12,47 +12,14 @@ import torch
 from cycleqd.core.archives import CyclicArchives
 from cycleqd.core.crossover import MergeCrossover, MethodCrossover
 from cycleqd.core.evolve import CycleQD
-from cycleqd.core.genome import Basis, ExpertBasis, cached_expert_basis, content_hash
+from cycleqd.core.genome import cached_expert_basis, content_hash
 from cycleqd.core.merging import Merge
 from cycleqd.core.mutation import SVDMutation, expert_svds
 from cycleqd.core.operators import DenseOperators, GenomeOperators, linear_in_genome
-from cycleqd.core.taskvector import LowRank, TaskVector, as_dense
+from cycleqd.core.taskvector import LowRank, as_dense
 from cycleqd.protocols import Measure
 from cycleqd.run.store import EliteStore
-
-TASKS = ["a", "b", "c"]
-SHAPES = {
-    "model.embed_tokens.weight": (12, 6),
-    "model.layers.0.self_attn.q_proj.weight": (6, 6),
-    "model.layers.0.mlp.up_proj.weight": (10, 6),
-    "model.layers.0.post_attention_layernorm.weight": (6,),
-    "model.layers.1.self_attn.q_proj.weight": (6, 6),
-    "model.layers.1.mlp.down_proj.weight": (6, 10),
-}
-
-
-def _experts(kind: str) -> dict[str, TaskVector]:
-    out = {}
-    for k, t in enumerate(TASKS):
-        g = torch.Generator().manual_seed(10 + k)
-        deltas = {}
-        for name, shape in SHAPES.items():
-            if kind == "lora" and len(shape) == 2 and "embed" not in name:
-                deltas[name] = LowRank(
-                    torch.randn(shape[0], 3, generator=g) * 0.3, torch.randn(3, shape[1], generator=g) * 0.3
-                )
-            else:
-                deltas[name] = torch.randn(shape, generator=g) * 0.1
-        out[t] = TaskVector(deltas)
-    return out
-
-
-def _setup(kind: str):
-    experts = _experts(kind)
-    svds = {t: expert_svds(tv) for t, tv in experts.items()}
-    basis = Basis(TASKS, {t: ExpertBasis.of(experts[t], svds[t]) for t in TASKS})
-    return experts, svds, basis
-
+from tests.builders import SHAPES, TASKS, toy_experts, toy_setup
 
 CROSSOVERS = [
     MergeCrossover(sigma=0.3, granularity="model"),
@@ -75,7 +42,7 @@ def _close(genome_delta: torch.Tensor, dense: torch.Tensor) -> None:
     "crossover", CROSSOVERS, ids=["model", "layer", "layer_scaled", "linear_merge", "linear_lambda"]
 )
 def test_random_breeding_in_both_representations_makes_the_same_children(kind, crossover):
-    experts, svds, basis = _setup(kind)
+    experts, svds, basis = toy_setup(kind)
     mutation = SVDMutation(scale=0.5)
     dense_ops = DenseOperators(crossover, mutation, svds, store=None)
     genome_ops = GenomeOperators(crossover, mutation, basis)
@@ -106,7 +73,7 @@ def test_random_breeding_in_both_representations_makes_the_same_children(kind, c
 
 
 def test_the_loop_keeps_the_same_archives_in_both_representations(tmp_path):
-    experts, svds, basis = _setup("full")
+    experts, svds, basis = toy_setup("full")
     direction = {
         t: {n: torch.randn(s, generator=torch.Generator().manual_seed(99 + k)) for n, s in SHAPES.items()}
         for k, t in enumerate(TASKS)
@@ -152,11 +119,11 @@ def test_entry_wise_operators_are_not_linear_in_the_genome():
 
     assert not linear_in_genome(MergeCrossover(), GaussianMutation())
     with pytest.raises(ValueError, match="not linear"):
-        GenomeOperators(MethodCrossover(merge=Merge("ties")), SVDMutation(), _setup("full")[2])
+        GenomeOperators(MethodCrossover(merge=Merge("ties")), SVDMutation(), toy_setup("full")[2])
 
 
 def test_bases_are_cached_by_expert_content(tmp_path):
-    experts = _experts("full")
+    experts = toy_experts("full")
     calls = []
 
     def svd(tv):
@@ -176,7 +143,7 @@ def test_bases_are_cached_by_expert_content(tmp_path):
 
 @pytest.mark.parametrize("kind", ["full", "lora"])
 def test_expert_weights_are_the_projection_of_a_genome_on_each_expert(kind):
-    experts, _, basis = _setup(kind)
+    experts, _, basis = toy_setup(kind)
     e = {t: basis.expert(t) for t in TASKS}
     assert basis.expert_weights(e["a"]) == pytest.approx({"a": 1.0, "b": 0.0, "c": 0.0})
     assert basis.expert_weights(0.3 * e["a"] + 0.7 * e["b"] + 1.5 * e["c"]) == pytest.approx(
