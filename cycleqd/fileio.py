@@ -138,6 +138,47 @@ def read_json(path: str | Path, what: str = "file") -> Any:
         raise DamagedFile(path, f"not valid JSON ({e})") from None
 
 
+def sync_tree(root: Path) -> None:
+    """Flush every file under ``root`` and every directory's entries to disk."""
+    for p in sorted(Path(root).rglob("*"), reverse=True):
+        if p.is_file() and not p.is_symlink():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+        elif p.is_dir():
+            fsync_dir(p)
+    fsync_dir(Path(root))
+
+
+def write_directory(target: str | Path, write: Callable[[Path], None]) -> Path:
+    """Make the directory ``target`` whole or not at all: ``write(tmp)`` fills a temporary
+    sibling, everything in it is flushed to disk, and it is renamed into place.
+
+    Raises:
+        FileExistsError: ``target`` exists and is not empty (nothing is written).
+        WriteFailed: the directory could not be written; ``target`` is left as it was.
+    """
+    target = Path(target)
+    if target.exists() and any(target.iterdir()):
+        raise FileExistsError(f"{str(target)!r} exists and is not empty")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        write(tmp)
+        sync_tree(tmp)
+        fault_point(f"write {target.name}/: before rename")
+        if target.exists():
+            target.rmdir()
+        tmp.rename(target)
+        fsync_dir(target.parent)
+    except OSError as e:
+        if isinstance(e, WriteFailed):
+            raise
+        raise WriteFailed(target, e) from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def build_atomically(target: Path, build: Callable[[Path], dict]) -> Path:
     """Reuse the directory ``target`` if complete, else run ``build(tmp_dir)`` and rename it into place.
 
@@ -150,6 +191,7 @@ def build_atomically(target: Path, build: Callable[[Path], dict]) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
     try:
         meta = build(tmp)
+        sync_tree(tmp)
         write_json(tmp / "recipe.json", meta)
         try:
             tmp.rename(target)

@@ -83,3 +83,24 @@ def test_the_run_lock_names_its_holder_and_dies_with_it(tmp_path):
             RunLock(tmp_path).acquire()
     assert not is_locked(tmp_path)
     RunLock(tmp_path).acquire().release()  # the file stays; the lock is free again
+
+
+def test_a_directory_is_written_whole_or_not_at_all(tmp_path):
+    def fill(d):
+        (d / "a.txt").write_text("a")
+        (d / "sub").mkdir()
+        (d / "sub" / "b.txt").write_text("b")
+
+    out = fileio.write_directory(tmp_path / "model", fill)
+    assert (out / "a.txt").read_text() == "a" and (out / "sub" / "b.txt").read_text() == "b"
+
+    def half(d):
+        (d / "a.txt").write_text("a")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(WriteFailed, match="cannot write .*other"):
+        fileio.write_directory(tmp_path / "other", half)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no half directory, no temporary left
+    with pytest.raises(FileExistsError, match="exists and is not empty"):
+        fileio.write_directory(out, fill)
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt", "sub"]

@@ -4,8 +4,6 @@ LoRA adapter that loads with ``from_pretrained`` and no cycleqd installed."""
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,7 @@ import torch
 from cycleqd.analysis.rundata import RunData, load_run
 from cycleqd.core.mutation import svd_of
 from cycleqd.core.taskvector import LowRank, TaskVector
+from cycleqd.fileio import write_directory
 
 
 def resolve_elite(run: RunData, spec: str) -> tuple[TaskVector, dict[str, Any]]:
@@ -128,22 +127,17 @@ def export_peft(
 
 
 def _write_dir(out: Path, provenance: dict[str, Any], run: RunData, write) -> Path:
-    """Write into a temporary sibling, add the model card, then move into place."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"--out {str(out)!r} exists and is not empty")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    """The model, its card and its provenance, written whole into ``out`` or not at all."""
+
+    def fill(tmp: Path) -> None:
         write(tmp)
         (tmp / "README.md").write_text(model_card(run, provenance))
         (tmp / "cycleqd.json").write_text(json.dumps(provenance, indent=2, default=str))
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+
+    try:
+        return write_directory(out, fill)
+    except FileExistsError:
+        raise FileExistsError(f"--out {str(out)!r} exists and is not empty") from None
 
 
 def model_card(run: RunData, provenance: dict[str, Any]) -> str:

@@ -112,13 +112,15 @@ class CycleQD:
         if self._asked is not None:
             raise RuntimeError("ask() called twice without tell(): evaluate the asked candidates first")
         q = self.archives.quality_task(self.generation)
-        out = []
-        for _ in range(self.children_per_generation):
-            picks = self.archives.sample_parents(q, 2, self.rng)
-            child = self.operators.child([self.operators.parent(p) for p in picks], q, self.gen)
-            out.append(Candidate(self._new_id(), self.generation, q, tuple(p.id for p in picks), child))
+        out = [self._breed(q, self.generation) for _ in range(self.children_per_generation)]
         self._asked = out
         return out
+
+    def _breed(self, q: str, generation: int) -> Candidate:
+        """One child of two elites of archive ``q`` (parents drawn first, then the operators' numbers)."""
+        picks = self.archives.sample_parents(q, 2, self.rng)
+        child = self.operators.child([self.operators.parent(p) for p in picks], q, self.gen)
+        return Candidate(self._new_id(), generation, q, tuple(p.id for p in picks), child)
 
     # -- steady state: one child at a time, several in flight -------------------------------
     def ask_one(self) -> Candidate:
@@ -127,10 +129,8 @@ class CycleQD:
         ``generation`` counts children, asked and told."""
         if self._asked is not None:
             raise RuntimeError("ask_one() while a generation asked with ask() is not told")
-        q = self.archives.quality_task(self.generation + len(self.pending))
-        picks = self.archives.sample_parents(q, 2, self.rng)
-        child = self.operators.child([self.operators.parent(p) for p in picks], q, self.gen)
-        c = Candidate(self._new_id(), self.generation + len(self.pending), q, tuple(p.id for p in picks), child)
+        generation = self.generation + len(self.pending)
+        c = self._breed(self.archives.quality_task(generation), generation)
         self.pending[c.id] = c
         return c
 
