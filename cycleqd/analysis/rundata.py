@@ -136,28 +136,23 @@ def load_run(run_dir: str | Path) -> RunData:
     summary_path = run_dir / "summary.json"
     summary = read_json(summary_path, "summary") if summary_path.is_file() else {}
     store = EliteStore(run_dir / "elites", checksums=ckpt.elites)
-    rows = []
-    for task, archive in cyclic.archives.items():
-        data = archive.data()
-        cells = cyclic.cells_of(task, data["index"])
-        for j in range(len(data["index"])):
-            elite_id, generation = int(data["id"][j]), int(data["generation"][j])
-            rows.append(
-                {
-                    "id": elite_id,
-                    "archive": task,
-                    "cell": tuple(int(c) for c in cells[j]),
-                    "objective": float(data["objective"][j]),
-                    "measures": tuple(float(m) for m in data["measures"][j]),
-                    **{f"score_{t}": float(s) for t, s in zip(cyclic.tasks, data["scores"][j])},
-                    "generation": generation,
-                    "parents": tuple(int(p) for p in data["parents"][j] if p >= 0),
-                    # seeding offers the experts first, in task order; generation g breeds from archive g mod K
-                    "origin": f"expert:{cyclic.tasks[elite_id]}"
-                    if generation < 0
-                    else f"child:{cyclic.quality_task(generation)}",
-                }
-            )
+    rows = [
+        {
+            "id": r["id"],
+            "archive": r["archive"],
+            "cell": r["cell"],
+            "objective": r["objective"],
+            "measures": r["measures"],
+            **{f"score_{t}": v for t, v in r["scores"].items()},
+            "generation": r["generation"],
+            "parents": r["parents"],
+            # seeding offers the experts first, in task order; generation g breeds from archive g mod K
+            "origin": f"expert:{cyclic.tasks[r['id']]}"
+            if r["generation"] < 0
+            else f"child:{cyclic.quality_task(r['generation'])}",
+        }
+        for r in cyclic.rows()
+    ]
     elites = pd.DataFrame(rows)
     if len(elites):
         elites["mean_score"] = elites[[f"score_{t}" for t in cyclic.tasks]].mean(axis=1)

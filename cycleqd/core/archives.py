@@ -226,6 +226,29 @@ class CyclicArchives:
             return [tuple(int(c) for c in row) for row in np.atleast_2d(archive.int_to_grid_index(index))]
         return [(int(i),) for i in index]
 
+    def rows(self) -> list[dict[str, Any]]:
+        """One record per (archive, elite), archive by archive in task order: ``archive``, ``cell``
+        (:meth:`cells_of`), ``objective``, ``measures``, ``id``, ``generation``, ``parents``
+        (ids; none for a seed) and ``scores`` (task → opt score)."""
+        out = []
+        for task, archive in self.archives.items():
+            data = archive.data()
+            cells = self.cells_of(task, data["index"])
+            for j in range(len(data["index"])):
+                out.append(
+                    {
+                        "archive": task,
+                        "cell": cells[j],
+                        "objective": float(data["objective"][j]),
+                        "measures": tuple(float(m) for m in data["measures"][j]),
+                        "id": int(data["id"][j]),
+                        "generation": int(data["generation"][j]),
+                        "parents": tuple(int(p) for p in data["parents"][j] if p >= 0),
+                        "scores": {t: float(v) for t, v in zip(self.tasks, data["scores"][j])},
+                    }
+                )
+        return out
+
     def with_solution_dim(self, solution_dim: int) -> "CyclicArchives":
         """Empty archives of the same settings whose solutions have ``solution_dim`` numbers."""
         return CyclicArchives(**{**self.settings(), "solution_dim": solution_dim})

@@ -69,23 +69,14 @@ def _heatmap_1d_single(archive, ax) -> None:
 def elite_table(archives: CyclicArchives, run_dir: Path) -> Path:
     """``elites/table.csv``: one row per (archive, elite) with its cell, objective, measures and scores."""
     rows = ["archive,cell,objective,measures,id,generation," + ",".join(f"score_{t}" for t in archives.tasks)]
-    for task, archive in archives.archives.items():
-        data = archive.data()
-        cells = archives.cells_of(task, data["index"])
-        for j in range(len(data["index"])):
-            rows.append(
-                ",".join(
-                    [
-                        task,
-                        "-".join(str(int(c)) for c in cells[j]),
-                        f"{data['objective'][j]:.6f}",
-                        "-".join(f"{m:.6f}" for m in data["measures"][j]),
-                        str(int(data["id"][j])),
-                        str(int(data["generation"][j])),
-                        *[f"{s:.6f}" for s in data["scores"][j]],
-                    ]
-                )
+    for r in archives.rows():
+        cell, measures = "-".join(str(c) for c in r["cell"]), "-".join(f"{m:.6f}" for m in r["measures"])
+        scores = [f"{r['scores'][t]:.6f}" for t in archives.tasks]
+        rows.append(
+            ",".join(
+                [r["archive"], cell, f"{r['objective']:.6f}", measures, str(r["id"]), str(r["generation"]), *scores]
             )
+        )
     path = Path(run_dir) / "elites" / "table.csv"
     write_text(path, "\n".join(rows) + "\n")
     return path
