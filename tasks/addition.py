@@ -5,9 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from cycleqd.tasks.base import SyntheticTask
-
 from cycleqd.checks import require
+from cycleqd.tasks.base import SyntheticTask
 
 
 @dataclass

@@ -12,12 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cycleqd.tasks.base import SPLITS
-
 from cycleqd.checks import check_fields, require
 from cycleqd.errors import ConfigError
 from cycleqd.evaluation.sandbox import Limits, run_python
 from cycleqd.protocols import ItemTask, Measure, TextModel
+from cycleqd.tasks.base import SPLITS
 
 
 @dataclass

@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import pytest
-from cycleqd.tasks.base import Measure
 
 from cycleqd.core.archives import CyclicArchives, range_warnings
+from cycleqd.tasks.base import Measure
 
 TASKS = ["a", "b", "c"]
 BINS = 10
@@ -323,3 +323,12 @@ def test_pickling_keeps_the_occupied_cells_in_order_and_each_genome_once():
     ]
     allocated = 3 * 25 * 400 * 4  # what pyribs holds: every cell of every archive
     assert len(blob) < 4 * 400 * len(arch.alive_ids()) + 20_000 < allocated
+
+
+def test_mean_quality_archives_score_every_elite_by_its_mean():
+    archives = CyclicArchives(tasks=["a", "b", "c"], measures={t: Measure(bins=4) for t in "abc"}, quality="mean")
+    archives.add(0, {"a": 0.9, "b": 0.3, "c": 0.0}, -1)
+    for t in "abc":
+        assert archives.best(t).objective == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="quality"):
+        CyclicArchives(tasks=["a", "b"], measures={t: Measure() for t in "ab"}, quality="bogus")

@@ -8,7 +8,6 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from cycleqd.tasks.base import Measure
 
 from cycleqd.core.archives import CyclicArchives
 from cycleqd.core.crossover import MergeCrossover
@@ -18,6 +17,7 @@ from cycleqd.core.mutation import SVDMutation, expert_svds
 from cycleqd.core.operators import DenseOperators
 from cycleqd.core.taskvector import TaskVector
 from cycleqd.run.store import EliteStore
+from cycleqd.tasks.base import Measure
 
 TASKS = ["a", "b", "c"]
 SHAPE = (6, 5)

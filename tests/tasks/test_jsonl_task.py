@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 import pytest
-from cycleqd.tasks.jsonl import JsonlTask
 
 from cycleqd.evaluation.sandbox import Limits, run_python
+from cycleqd.tasks.jsonl import JsonlTask
 
 
 class Canned:

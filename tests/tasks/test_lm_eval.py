@@ -11,10 +11,9 @@ import torch
 
 pytest.importorskip("lm_eval")
 
-from cycleqd.tasks.lm_eval import LmEvalTask  # noqa: E402
-
 from cycleqd.errors import ConfigError  # noqa: E402
 from cycleqd.models.loading import HFTextModel, load_model  # noqa: E402
+from cycleqd.tasks.lm_eval import LmEvalTask  # noqa: E402
 from tests.runs import REPO, cli, one_line_error  # noqa: E402
 from tests.tiny import tiny_overrides  # noqa: E402
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+
 from cycleqd.tasks.addition import Addition
 from cycleqd.tasks.base import Measure
 from cycleqd.tasks.reversal import Reversal
