@@ -9,7 +9,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from cycleqd.core.merging import Merge
+from cycleqd.core.merging import METHODS, Merge
 from cycleqd.core.taskvector import TaskVector
 from cycleqd.protocols import Failure, Result, mean_score
 
@@ -79,8 +79,8 @@ def _one(
     chosen[name] = {
         "method": spec.method,
         "scale": best[0],
-        "density": best[1] if spec.method not in ("linear", "model_stock", "slerp") else None,
-        "gamma": best[2] if spec.method.startswith("breadcrumbs") else None,
-        "epsilon": best[3] if spec.method.startswith("della") else None,
+        "density": best[1] if "density" in METHODS[spec.method].params else None,
+        "gamma": best[2] if "gamma" in METHODS[spec.method].params else None,
+        "epsilon": best[3] if "epsilon" in METHODS[spec.method].params else None,
         "opt_mean": {str(k): (mean_score(v) if not isinstance(v, Failure) else None) for k, v in opt.items()},
     }

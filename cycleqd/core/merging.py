@@ -38,25 +38,12 @@ Entry-wise methods (all but linear) need dense tensors: a factored
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from cycleqd.checks import check_fields, require
 from cycleqd.core.taskvector import TaskVector, as_dense, linear_combination
-
-METHODS = (
-    "linear",
-    "ties",
-    "dare_linear",
-    "dare_ties",
-    "breadcrumbs",
-    "breadcrumbs_ties",
-    "della",
-    "della_linear",
-    "model_stock",
-    "slerp",
-)
 
 
 def magnitude_mask(t: torch.Tensor, density: float) -> torch.Tensor:
@@ -193,6 +180,47 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float, eps: float = 1e-8) -> torc
 
 
 @dataclass(frozen=True)
+class Method:
+    """A merge method: what it does to one tensor, and what the rest of cycleqd must know of it.
+
+    Args:
+        tensor: ``(merge, tensors, weights, generator) -> tensor``, the per-tensor merge
+            (None for ``linear``, which combines whole task vectors and keeps LoRA factored).
+        params: The :class:`Merge` fields it reads (what a baseline's record reports).
+        linear: Whether the merge is ``Σ w_i τ_i``: a genome represents it exactly.
+        vectors: How many task vectors it merges, ``(at least, at most)`` (None: any number).
+    """
+
+    tensor: Callable[["Merge", list[torch.Tensor], list[float], torch.Generator], torch.Tensor] | None
+    params: tuple[str, ...] = ()
+    linear: bool = False
+    vectors: tuple[int, int | None] = (1, None)
+
+
+def _slerp(m: "Merge", ts: list[torch.Tensor], w: list[float], gen: torch.Generator) -> torch.Tensor:
+    t = m.t if m.t is not None else w[1] / (w[0] + w[1])
+    # slerp between the vectors, then scaled by the total weight (1 for normalised weights)
+    return slerp(ts[0], ts[1], t) * (w[0] + w[1])
+
+
+# The merge methods by name: the config's ``method`` is a key of this table.
+METHODS: dict[str, Method] = {
+    "linear": Method(None, linear=True),
+    "ties": Method(lambda m, ts, w, g: ties(ts, w, m.density), ("density",)),
+    "dare_linear": Method(lambda m, ts, w, g: dare(ts, w, m.density, g, combine="linear"), ("density",)),
+    "dare_ties": Method(lambda m, ts, w, g: dare(ts, w, m.density, g, combine="ties"), ("density",)),
+    "breadcrumbs": Method(lambda m, ts, w, g: breadcrumbs(ts, w, m.density, m.gamma), ("density", "gamma")),
+    "breadcrumbs_ties": Method(lambda m, ts, w, g: breadcrumbs_ties(ts, w, m.density, m.gamma), ("density", "gamma")),
+    "della": Method(lambda m, ts, w, g: della(ts, w, m.density, m.epsilon, g, combine="ties"), ("density", "epsilon")),
+    "della_linear": Method(
+        lambda m, ts, w, g: della(ts, w, m.density, m.epsilon, g, combine="linear"), ("density", "epsilon")
+    ),
+    "model_stock": Method(lambda m, ts, w, g: model_stock(ts, w), vectors=(2, None)),
+    "slerp": Method(_slerp, ("t",), vectors=(2, 2)),
+}
+
+
+@dataclass(frozen=True)
 class Merge:
     """One merge method with its parameters, applied to whole task vectors.
 
@@ -233,15 +261,21 @@ class Merge:
         merged = self._merge(vectors, weights, gen)
         return merged if self.scale == 1.0 else merged.scale(self.scale)
 
+    @property
+    def linear(self) -> bool:
+        """Whether this merge is ``Σ w_i τ_i`` (times ``scale``): what a genome can represent."""
+        return METHODS[self.method].linear
+
     def _merge(
         self, vectors: Sequence[TaskVector], weights: Sequence[float], gen: torch.Generator | None
     ) -> TaskVector:
-        if self.method == "linear":
+        method = METHODS[self.method]
+        if method.tensor is None:
             return linear_combination(vectors, list(weights))
-        if self.method == "slerp" and len(vectors) != 2:
-            raise ValueError(f"slerp merges exactly 2 task vectors, got {len(vectors)}")
-        if self.method == "model_stock" and len(vectors) < 2:
-            raise ValueError(f"model_stock merges at least 2 task vectors, got {len(vectors)}")
+        least, most = method.vectors
+        if len(vectors) < least or (most is not None and len(vectors) > most):
+            exactly = f"exactly {least}" if least == most else f"at least {least}"
+            raise ValueError(f"{self.method} merges {exactly} task vectors, got {len(vectors)}")
         gen = gen or torch.Generator().manual_seed(0)
         names = list(dict.fromkeys(n for v in vectors for n in v))
         out = {}
@@ -249,23 +283,5 @@ class Merge:
             ref = next(v[name] for v in vectors if name in v)
             shape = ref.shape
             ts = [as_dense(v[name]).float() if name in v else torch.zeros(shape) for v in vectors]
-            out[name] = self._tensor(ts, list(weights), gen)
+            out[name] = method.tensor(self, ts, list(weights), gen)
         return TaskVector(out)
-
-    def _tensor(self, ts: list[torch.Tensor], w: list[float], gen: torch.Generator) -> torch.Tensor:
-        m = self.method
-        if m == "ties":
-            return ties(ts, w, self.density)
-        if m in ("dare_linear", "dare_ties"):
-            return dare(ts, w, self.density, gen, combine=m.split("_")[1])
-        if m == "breadcrumbs":
-            return breadcrumbs(ts, w, self.density, self.gamma)
-        if m == "breadcrumbs_ties":
-            return breadcrumbs_ties(ts, w, self.density, self.gamma)
-        if m in ("della", "della_linear"):
-            return della(ts, w, self.density, self.epsilon, gen, combine="linear" if m == "della_linear" else "ties")
-        if m == "model_stock":
-            return model_stock(ts, w)
-        t = self.t if self.t is not None else w[1] / (w[0] + w[1])
-        # slerp between the vectors, then scaled by the total weight (1 for normalised weights)
-        return slerp(ts[0], ts[1], t) * (w[0] + w[1])

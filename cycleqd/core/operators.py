@@ -84,7 +84,7 @@ class DenseOperators:
 def linear_in_genome(crossover: Any, mutation: Any) -> bool:
     """Whether the configured operators are the linear ones a genome can represent exactly."""
     linear_crossover = isinstance(crossover, MergeCrossover) or (
-        isinstance(crossover, MethodCrossover) and getattr(crossover.merge, "method", None) == "linear"
+        isinstance(crossover, MethodCrossover) and getattr(crossover.merge, "linear", False)
     )
     linear_mutation = isinstance(mutation, SVDMutation) and type(mutation) is SVDMutation and mutation.max_rank is None
     return linear_crossover and linear_mutation

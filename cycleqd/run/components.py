@@ -274,7 +274,7 @@ def _final(cfg: DictConfig) -> FinalSpec:
 
 
 def _baselines(cfg: DictConfig, n_experts: int) -> dict[str, BaselineSpec]:
-    from cycleqd.core.merging import Merge
+    from cycleqd.core.merging import METHODS, Merge
 
     node = plain(_setting(cfg, "baselines")) or {}
     require(isinstance(node, dict), "baselines", f"must be a mapping of name to merge settings, got {node!r}")
@@ -300,8 +300,20 @@ def _baselines(cfg: DictConfig, n_experts: int) -> dict[str, BaselineSpec]:
         method = spec.get("method", "linear")
         if not lists["scales"]:
             continue  # `scales: []` switches a baseline off
-        if method == "slerp":
-            require(n_experts == 2, key, f"slerp merges exactly 2 experts, the config has {n_experts} tasks")
+        if method in METHODS:  # an unknown method is named by Merge below
+            least, most = METHODS[method].vectors
+            if least == most:
+                require(
+                    n_experts == least,
+                    key,
+                    f"{method} merges exactly {least} experts, the config has {n_experts} tasks",
+                )
+            else:
+                require(
+                    n_experts >= least,
+                    key,
+                    f"{method} merges at least {least} experts, the config has {n_experts} tasks",
+                )
         grid = tuple(
             itertools.product(
                 lists["scales"], lists["density"] or [0.5], lists["gamma"] or [0.01], lists["epsilon"] or [0.1]

@@ -239,3 +239,19 @@ def test_lambda_multiplies_every_merge(method):
     torch.testing.assert_close(scaled["w"], 1.7 * plain["w"])
     with pytest.raises(ValueError, match="scale"):
         Merge(method, scale=0.0)
+
+
+def test_the_method_table_says_which_merge_is_linear_and_what_each_reads():
+    from dataclasses import fields
+
+    from cycleqd.core.merging import METHODS
+
+    assert [name for name, m in METHODS.items() if m.linear] == ["linear"]
+    assert Merge("linear", scale=1.3).linear and not Merge("ties").linear
+    for name, m in METHODS.items():
+        assert set(m.params) <= {f.name for f in fields(Merge)}, name
+    tv = TaskVector({"w": torch.ones(2, 2)})
+    with pytest.raises(ValueError, match="slerp merges exactly 2 task vectors, got 3"):
+        Merge("slerp")([tv, tv, tv], [1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="model_stock merges at least 2 task vectors, got 1"):
+        Merge("model_stock")([tv], [1.0])
