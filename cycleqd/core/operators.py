@@ -13,7 +13,7 @@ keep elsewhere when an archive keeps an elite.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -62,7 +62,9 @@ class DenseOperators:
 
     solution_dim = 1
 
-    def __init__(self, crossover, mutation, svds: Mapping[str, Mapping[str, SVD]], store: TaskVectorStore) -> None:
+    def __init__(
+        self, crossover: Callable, mutation: Callable, svds: Mapping[str, Mapping[str, SVD]], store: TaskVectorStore
+    ) -> None:
         self.crossover, self.mutation, self.svds, self.store = crossover, mutation, svds, store
 
     def parent(self, pick: ElitePick) -> TaskVector:
@@ -100,7 +102,7 @@ class GenomeOperators:
         ValueError: an operator that is not linear in the genome's basis.
     """
 
-    def __init__(self, crossover, mutation: SVDMutation, basis: Basis) -> None:
+    def __init__(self, crossover: Callable, mutation: SVDMutation, basis: Basis) -> None:
         if not linear_in_genome(crossover, mutation):
             raise ValueError(
                 f"{type(crossover).__name__} / {type(mutation).__name__} are not linear in the experts' SVD bases: use genome=false"

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
-from cycleqd.core.genome import place_basis
+from cycleqd.core.genome import Basis, place_basis
 from cycleqd.core.taskvector import TaskVector
 from cycleqd.evaluation.scoring import ResidentModel, score_tasks
 from cycleqd.fileio import fault_point
@@ -60,11 +61,11 @@ class Worker:
 
     def __init__(
         self,
-        model,
-        tokenizer,
+        model: torch.nn.Module,
+        tokenizer: Any,
         tasks: Sequence,
         touched: Sequence[str],
-        basis=None,
+        basis: Basis | None = None,
         *,
         eval_batch_size: int = 256,
         timeout_s: float | None = None,

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
 # Per-shard progress bars on every load of a candidate drown the run's own progress.
@@ -75,7 +75,9 @@ class HFTextModel:
         add_bos: Prepend the BOS token (what the embedded model was trained with).
     """
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 256, add_bos: bool = True) -> None:
+    def __init__(
+        self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, *, batch_size: int = 256, add_bos: bool = True
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
