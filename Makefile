@@ -1,5 +1,5 @@
 # make demo   set up .venv and run CycleQD on the embedded default
-# make test   set up .venv (with dev extras) and run the tests (about 10 minutes on 2 cores, two pytest workers)
+# make test   set up .venv (with dev extras), lint (ruff) and run the tests (4-10 minutes on 2 cores, two pytest workers)
 # make test-slow  the long end-to-end runs: the demo from scratch, SmolLM2, Ray's kill and restart tests, a killed comparison search (about 35 minutes on 2 cores)
 # make docs   build the documentation site into site/
 # make bench  operator timings; genomes against task vectors (the demo in both); the Ray pool (about 22 minutes)
