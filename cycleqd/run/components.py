@@ -298,6 +298,7 @@ def _baselines(cfg: DictConfig, n_experts: int) -> dict[str, BaselineSpec]:
             lists[k] = [float(x) for x in v]
         require(all(s > 0 for s in lists["scales"]), f"{key}.scales", f"must be positive, got {lists['scales']}")
         method = spec.get("method", "linear")
+        require(isinstance(method, str), f"{key}.method", f"must be one of {list(METHODS)}, got {method!r}")
         if not lists["scales"]:
             continue  # `scales: []` switches a baseline off
         if method in METHODS:  # an unknown method is named by Merge below

@@ -68,6 +68,7 @@ BAD_VALUES = [
     ("final.refine=-1", "final.refine: must be an integer >= 0 (opt evaluations; 0: none), got -1"),
     ("baselines.ties.density=[2.0]", "baselines.ties.density: must be in (0, 1], got 2.0"),
     ("baselines.ties.method=bogus", "baselines.ties.method: must be one of"),
+    ("baselines.ties.method=[]", "baselines.ties.method: must be one of ['linear',"),
     (
         "baselines.della.epsilon=[0.5]",
         "baselines.della.epsilon: density ± epsilon must lie in (0, 1), got density=0.3, epsilon=0.5",
