@@ -146,8 +146,47 @@ Scores = Mapping[str, float]
 Result = Union[Scores, Failure]
 
 
+class Evaluator(Protocol):
+    """What the loops need of an evaluator (:mod:`cycleqd.evaluation.pool`): scores of
+    ``θ0 + x`` for a task vector or genome ``x`` (None: the base model) on a split, or the
+    :class:`Failure` that stopped them.
+
+    ``map`` evaluates a batch and returns its results in order; ``submit`` and ``next_result``
+    are the steady state's: keep up to ``num_workers`` evaluations ``in_flight`` and take
+    each result as it comes, with its key."""
+
+    num_workers: int
+    in_flight: int
+
+    def map(self, items: Sequence[tuple[Any, str]]) -> list[Result]: ...
+
+    def submit(self, key: Any, x: Any, split: str) -> None: ...
+
+    def next_result(self) -> tuple[Any, Result]: ...
+
+
 def mean_score(scores: Scores, tasks: Sequence[str] | None = None) -> float:
     """The mean over tasks of ``scores`` (over ``tasks`` only, where given): the one number a
     model's scores are ranked by wherever a single number is needed."""
     names = list(scores) if tasks is None else list(tasks)
     return sum(scores[t] for t in names) / len(names)
+
+
+def result_data(result: Result) -> dict[str, Any]:
+    """``result`` as plain data (what a checkpoint keeps): ``{"failure": {...}}`` or
+    ``{"scores": {...}}``, with ``"per_item"`` for :class:`ItemScores`."""
+    if isinstance(result, Failure):
+        return {"failure": {"reason": result.reason, "task": result.task, "message": result.message}}
+    out: dict[str, Any] = {"scores": {t: float(v) for t, v in result.items()}}
+    if isinstance(result, ItemScores):
+        out["per_item"] = result.per_item
+    return out
+
+
+def result_of(data: Mapping[str, Any]) -> Result:
+    """The result that :func:`result_data` wrote."""
+    if "failure" in data:
+        return Failure(**data["failure"])
+    if "per_item" in data:
+        return ItemScores(data["scores"], data["per_item"])
+    return dict(data["scores"])

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from cycleqd.core.archives import CyclicArchives
 from cycleqd.core.taskvector import TaskVector
 from cycleqd.fileio import read_json
 from cycleqd.run import checkpoint
@@ -132,7 +133,7 @@ def load_run(run_dir: str | Path) -> RunData:
                 f"{str(run_dir)!r} is a search={search} run: it has no archives or elites, only its final model (final.safetensors)"
             )
         raise FileNotFoundError(f"{str(run_dir)!r} has no checkpoint/state.ckpt: not a cycleqd run directory")
-    cyclic = ckpt.state["qd"]["archives"]
+    cyclic = CyclicArchives.from_state(ckpt.state["qd"]["archives"])
     summary_path = run_dir / "summary.json"
     summary = read_json(summary_path, "summary") if summary_path.is_file() else {}
     store = EliteStore(run_dir / "elites", checksums=ckpt.elites)

@@ -12,6 +12,7 @@ a population of fixed size and no cells at all).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -379,25 +380,49 @@ class CyclicArchives:
             }
         return out
 
-    # -- pickling: the occupied cells only -------------------------------------------------
-    def __getstate__(self) -> dict:
-        """A GridArchive allocates every cell's solution up front (cells × genome length);
-        a checkpoint keeps the occupied rows only, in pyribs' own order, and each elite's
-        solution once however many archives hold it."""
-        fields = ["objective", "measures", "id", "scores", "generation", "parents"]
-        solutions = {}
+    # -- state: the occupied cells only -------------------------------------------------
+    _FIELDS = ("objective", "measures", "id", "scores", "generation", "parents")
+
+    def state_dict(self) -> dict[str, Any]:
+        """The archives as plain data (numbers, strings, arrays): their settings, each archive's
+        occupied rows in pyribs' own order, and each elite's solution once however many
+        archives hold it (a GridArchive allocates every cell's solution up front, cells ×
+        genome length; a checkpoint keeps what is there)."""
+        solutions: dict[int, np.ndarray] = {}
         for a in self.archives.values():
             data = a.data(["id", "solution"])
             solutions.update({int(i): s for i, s in zip(data["id"], data["solution"])})
+        settings = self.settings()
+        settings["measures"] = {t: dataclasses.asdict(m) for t, m in self.measures.items()}
+        settings["alpha"] = list(self.alpha)
+        ids = sorted(solutions)
         return {
-            "settings": self.settings(),
-            "rows": {t: a.data(fields) for t, a in self.archives.items()},
-            "solutions": solutions,
+            "settings": settings,
+            "rows": {t: a.data(list(self._FIELDS)) for t, a in self.archives.items()},
+            "solution_ids": np.array(ids, dtype=np.int64),
+            "solutions": np.stack([solutions[i] for i in ids]) if ids else np.zeros((0, self.solution_dim)),
         }
 
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(**state["settings"])
-        solutions = state["solutions"]
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> "CyclicArchives":
+        """The archives that :meth:`state_dict` described, their rows added in the same order
+        (what parent sampling indexes)."""
+        out = cls.__new__(cls)
+        out.__setstate__(state)
+        return out
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.state_dict()
+
+    def __setstate__(self, state: Mapping[str, Any]) -> None:
+        settings = dict(state["settings"])
+        settings["measures"] = {t: Measure.of(m) for t, m in settings["measures"].items()}
+        settings["alpha"] = tuple(settings["alpha"])
+        self.__init__(**settings)
+        if "solution_ids" in state:
+            solutions = dict(zip((int(i) for i in state["solution_ids"]), state["solutions"]))
+        else:  # a format-1 checkpoint's pickle: id → solution
+            solutions = state["solutions"]
         for task, rows in state["rows"].items():
             archive = self.archives[task]
             # One by one, so the archive's order of elites (what parent sampling indexes) is the same.

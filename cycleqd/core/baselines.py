@@ -9,9 +9,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from cycleqd.core.choice import choose_on_opt, opt_means
 from cycleqd.core.merging import METHODS, Merge
 from cycleqd.core.taskvector import TaskVector
-from cycleqd.protocols import Failure, Result, mean_score
+from cycleqd.protocols import Failure, Result
 
 
 @dataclass(frozen=True)
@@ -66,11 +67,10 @@ def _one(
             experts, [1.0] * len(experts), gen
         ).scale(lam)
     opt = dict(zip(merges, scores([(tv, "opt") for tv in merges.values()])))
-    ok = [k for k in spec.grid if not isinstance(opt[k], Failure)]
-    if not ok:
+    best = choose_on_opt(opt, prefer=lambda k: -abs(k[0] - 0.5))  # a tie: the scale nearer the mean of the experts
+    if best is None:
         failed[name] = f"every grid point failed on opt, e.g. {opt[spec.grid[0]]}"
         return
-    best = max(ok, key=lambda k: (mean_score(opt[k]), -abs(k[0] - 0.5)))
     (test,) = scores([(merges[best], "test")])
     if isinstance(test, Failure):
         failed[name] = f"the chosen merge failed on test: {test}"
@@ -82,5 +82,5 @@ def _one(
         "density": best[1] if "density" in METHODS[spec.method].params else None,
         "gamma": best[2] if "gamma" in METHODS[spec.method].params else None,
         "epsilon": best[3] if "epsilon" in METHODS[spec.method].params else None,
-        "opt_mean": {str(k): (mean_score(v) if not isinstance(v, Failure) else None) for k, v in opt.items()},
+        "opt_mean": {str(k): v for k, v in opt_means(opt).items()},
     }

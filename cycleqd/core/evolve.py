@@ -10,9 +10,10 @@ for g in 0..G−1:
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -20,7 +21,8 @@ import torch
 from cycleqd.core.archives import CyclicArchives
 from cycleqd.core.elite import EliteRecord
 from cycleqd.core.operators import Operators
-from cycleqd.protocols import Failure, Result
+from cycleqd.core.taskvector import LowRank, TaskVector
+from cycleqd.protocols import Evaluator, Failure, Result
 
 
 @dataclass(frozen=True)
@@ -174,29 +176,104 @@ class CycleQD:
         self._asked = None
         return statuses
 
+    # -- the loop ------------------------------------------------------------------
+    def run(
+        self,
+        evaluator: Evaluator,
+        generations: int,
+        *,
+        after: Callable[[list[Candidate], list[Result], float], None] = lambda c, r, s: None,
+        before: Callable[[int], None] = lambda generation: None,
+        steady: bool = False,
+        stop: Callable[[], bool] = lambda: False,
+    ) -> None:
+        """Evolve until ``generations``: ask, evaluate on the opt split, tell, then
+        ``after(candidates, results, seconds)`` (where the caller logs, checkpoints, stops).
+
+        ``steady=False``: a generation of ``children_per_generation`` at a time, evaluated
+        with ``evaluator.map``. ``steady=True``: a new child whenever a worker frees
+        (``evaluator.submit`` / ``next_result``; ``generations`` then counts children), none
+        asked once ``stop()`` is true. ``before(generation)`` runs before each wait."""
+        if steady:
+            self._run_steady(evaluator, generations, after, before, stop)
+            return
+        while self.generation < generations:
+            before(self.generation)
+            t0 = time.perf_counter()
+            candidates = self.ask()
+            results = evaluator.map([(c.vector, "opt") for c in candidates])
+            self.tell(candidates, results)
+            after(candidates, results, time.perf_counter() - t0)
+
+    def _run_steady(self, evaluator: Evaluator, generations: int, after, before, stop) -> None:
+        for c in list(self.pending.values()):  # in flight when the last checkpoint was written
+            evaluator.submit(c.id, c.vector, "opt")
+        t0 = time.perf_counter()
+        while self.generation < generations:
+            while (
+                not stop()
+                and self.generation + len(self.pending) < generations
+                and evaluator.in_flight < evaluator.num_workers
+            ):
+                c = self.ask_one()
+                evaluator.submit(c.id, c.vector, "opt")
+            before(self.generation)
+            key, result = evaluator.next_result()
+            c = self.pending[key]
+            self.tell_one(c, result)
+            now = time.perf_counter()
+            after([c], [result], now - t0)
+            t0 = now
+
     # -- checkpointing ------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """The loop's state as plain data (numbers, strings, arrays and tensors): the archives,
+        both generators, the counters and the children in flight."""
         if self._asked is not None:
             raise RuntimeError("cannot checkpoint between ask() and tell()")
         return {
-            "archives": self.archives,
+            "archives": self.archives.state_dict(),
             "rng": self.rng.bit_generator.state,
-            "gen": self.gen.get_state(),
+            "gen": self.gen.get_state().numpy(),
             "generation": self.generation,
             "next_id": self.next_id,
             "evaluations": self.evaluations,
             "failures": dict(self.failures),
             "consecutive_failures": self.consecutive_failures,
-            "pending": list(self.pending.values()),  # in flight at the checkpoint: evaluated again on resume
+            # in flight at the checkpoint: evaluated again on resume
+            "pending": [candidate_data(c) for c in self.pending.values()],
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.archives = state["archives"]
+        self.archives = CyclicArchives.from_state(state["archives"])
         self.rng.bit_generator.state = state["rng"]
-        self.gen.set_state(state["gen"])
+        self.gen.set_state(torch.from_numpy(np.array(state["gen"], dtype=np.uint8)))
         self.generation = state["generation"]
         self.next_id = state["next_id"]
         self.evaluations = state["evaluations"]
         self.failures = Counter(state.get("failures", {}))
         self.consecutive_failures = state.get("consecutive_failures", 0)
-        self.pending = {c.id: c for c in state.get("pending", [])}
+        self.pending = {c.id: c for c in map(candidate_of, state.get("pending", []))}
+
+
+def candidate_data(c: Candidate) -> dict[str, Any]:
+    """A candidate as plain data: its child a genome (an array) or a task vector
+    (``{"task_vector": {name: {"dense": t} | {"B": t, "A": t}}}``)."""
+    x = c.vector
+    if isinstance(x, TaskVector):
+        x = {"task_vector": {n: {"B": d.B, "A": d.A} if isinstance(d, LowRank) else {"dense": d} for n, d in x.items()}}
+    return {
+        "id": c.id,
+        "generation": c.generation,
+        "quality_task": c.quality_task,
+        "parents": list(c.parents),
+        "vector": x,
+    }
+
+
+def candidate_of(data: Mapping[str, Any]) -> Candidate:
+    """The candidate that :func:`candidate_data` wrote."""
+    x = data["vector"]
+    if isinstance(x, Mapping):
+        x = TaskVector({n: LowRank(d["B"], d["A"]) if "B" in d else d["dense"] for n, d in x["task_vector"].items()})
+    return Candidate(data["id"], data["generation"], data["quality_task"], tuple(data["parents"]), x)

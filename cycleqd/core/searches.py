@@ -17,6 +17,7 @@ split is the search's final model; the test split only reports it.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -25,7 +26,7 @@ import numpy as np
 from cycleqd.checks import check_fields, require
 from cycleqd.core.crossover import layer_of
 from cycleqd.core.taskvector import TaskVector, linear_combination
-from cycleqd.protocols import Failure, Result, mean_score
+from cycleqd.protocols import Failure, Result, mean_score, result_data, result_of
 
 SEARCHES = ("cycleqd", "cmaes", "random")
 
@@ -191,25 +192,80 @@ class CoefficientSearch:
             "failed_evaluations": self.failures,
         }
 
-    _STATE = ("rng", "es", "best_x", "best_result", "best_value", "done", "failures", "rounds")
+    _COUNTS = ("best_value", "done", "failures", "rounds")
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed search needs: CMA-ES's distribution and generator, the random
-        draws' generator, the best so far and the counts (settings come from the config; the
-        shape is kept to refuse a config that does not fit)."""
+        """Everything a resumed search needs, as plain data: CMA-ES's distribution and
+        generator, the random draws' generator, the best so far and the counts (settings come
+        from the config; the shape is kept to refuse a config that does not fit)."""
         return {
             "name": self.search.name,
             "dim": self.dim,
             "batch": self.batch,
-            **{k: getattr(self, k) for k in self._STATE},
+            "rng": self.rng.bit_generator.state,
+            "es": None if self.es is None else cma_es_state(self.es),
+            "best_x": self.best_x,
+            "best_result": None if self.best_result is None else result_data(self.best_result),
+            **{k: getattr(self, k) for k in self._COUNTS},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         for key, mine in (("name", self.search.name), ("dim", self.dim), ("batch", self.batch)):
             if state[key] != mine:
                 raise ValueError(f"the checkpoint's search has {key}={state[key]!r}, this config {mine!r}")
-        for k in self._STATE:
+        self.rng.bit_generator.state = state["rng"]
+        if self.es is not None:
+            load_cma_es_state(self.es, state["es"])
+        self.best_x = None if state["best_x"] is None else np.asarray(state["best_x"])
+        self.best_result = None if state["best_result"] is None else result_of(state["best_result"])
+        for k in self._COUNTS:
             setattr(self, k, state[k])
+
+
+# pyribs' CMAEvolutionStrategy (0.12): what ask and tell change; the rest is its settings.
+_CMA_ES_FIELDS = ("current_eval", "mean", "sigma", "pc", "ps")
+_COVARIANCE_FIELDS = ("cov", "eigenbasis", "eigenvalues", "condition_number", "invsqrt", "updated_eval")
+
+
+def cma_es_state(es: Any) -> dict[str, Any]:
+    """A pyribs CMA-ES's distribution and generator as plain data."""
+    return {
+        **{k: getattr(es, k) for k in _CMA_ES_FIELDS},
+        "covariance": {k: getattr(es.cov, k) for k in _COVARIANCE_FIELDS},
+        "rng": es._rng.bit_generator.state,
+    }
+
+
+def load_cma_es_state(es: Any, state: Mapping[str, Any]) -> None:
+    """Put :func:`cma_es_state`'s data into ``es``, a CMA-ES of the same dimension that was reset."""
+    for k in _CMA_ES_FIELDS:
+        v = state[k]
+        setattr(es, k, np.array(v, dtype=es.dtype) if isinstance(v, np.ndarray) else v)
+    for k in _COVARIANCE_FIELDS:
+        v = state["covariance"][k]
+        setattr(es.cov, k, np.array(v, dtype=es.dtype) if isinstance(v, np.ndarray) else v)
+    es._rng.bit_generator.state = state["rng"]
+
+
+def drive(
+    loop: CoefficientSearch,
+    space: LayerCoefficients,
+    scores: Callable[[list[tuple[Any, str]]], list[Result]],
+    *,
+    on_round: Callable[[dict, np.ndarray], None] = lambda m, xs: None,
+    before: Callable[[int], None] = lambda done: None,
+) -> tuple[np.ndarray | None, Result | None, dict]:
+    """Every search's loop: rounds of ask, evaluate on the optimisation split, tell, until
+    ``loop``'s budget is spent. ``on_round(metrics, xs)`` gets each round's metrics (with its
+    ``seconds``) after the tell, where a run logs, checkpoints and stops; ``before(done)``
+    runs before each round. Returns the best coefficients, their scores, and counts."""
+    while not loop.finished:
+        before(loop.done)
+        t0 = time.perf_counter()
+        xs = loop.ask()
+        m = loop.tell(xs, scores([(space.child(x), "opt") for x in xs]))
+        on_round({**m, "seconds": time.perf_counter() - t0}, xs)
+    return loop.best_x, loop.best_result, loop.counts()
 
 
 def run_search(
@@ -219,11 +275,7 @@ def run_search(
     budget: int,
     seed: int,
     on_batch: Callable[[dict], None] = lambda m: None,
-) -> tuple[np.ndarray, Result, dict]:
-    """Spend ``budget`` evaluations; returns the best coefficients on the optimisation split,
-    their scores, and counts. ``on_batch`` gets each round's metrics."""
+) -> tuple[np.ndarray | None, Result | None, dict]:
+    """A fresh search of ``budget`` evaluations (:func:`drive`); ``on_batch`` gets each round's metrics."""
     loop = CoefficientSearch(search, space.dim, budget, seed)
-    while not loop.finished:
-        xs = loop.ask()
-        on_batch(loop.tell(xs, scores([(space.child(x), "opt") for x in xs])))
-    return loop.best_x, loop.best_result, loop.counts()
+    return drive(loop, space, scores, on_round=lambda m, xs: on_batch(m))

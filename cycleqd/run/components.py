@@ -74,7 +74,7 @@ class FinalSpec:
     ``choice="opt"`` that merge or the archives' best elite by mean score, whichever has
     the higher mean opt score. With ``refine`` > 0, CMA-ES then spends that many opt
     evaluations on per-layer coefficients of the experts added to the chosen model, from
-    zero with step ``refine_sigma0`` (:meth:`cycleqd.run.runner.Run.refine`)."""
+    zero with step ``refine_sigma0`` (:func:`cycleqd.run.final.refine`)."""
 
     method: str
     scales: tuple[float, ...]

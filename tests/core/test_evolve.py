@@ -220,3 +220,62 @@ def test_elite_store_put_get_collect(tmp_path):
     assert not store.path(12).with_suffix(".json").exists()
     with pytest.raises(KeyError, match="elite 12"):
         store.get(12)
+
+
+class _Evaluator:
+    """The fake evaluator behind the Evaluator protocol: in order, ``num_workers`` at a time."""
+
+    def __init__(self, num_workers: int = 1) -> None:
+        self.num_workers, self.queue, self.batches = num_workers, [], []
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.queue)
+
+    def map(self, items):
+        self.batches.append(len(items))
+        return [fake_evaluate(x) for x, _ in items]
+
+    def submit(self, key, x, split):
+        self.queue.append((key, fake_evaluate(x)))
+
+    def next_result(self):
+        return self.queue.pop(0)
+
+
+def test_run_makes_the_children_of_ask_and_tell_and_reports_each_generation(tmp_path):
+    by_hand = _seeded(tmp_path / "a", seed=3, children=2)
+    expected = _run(by_hand, 5)
+    qd, evaluator, seen, before = _seeded(tmp_path / "b", seed=3, children=2), _Evaluator(), [], []
+    qd.run(evaluator, 5, after=lambda c, r, s: seen.append((c, r, s)), before=before.append)
+    assert before == [0, 1, 2, 3, 4] and evaluator.batches == [2] * 5 and qd.generation == 5
+    for (cands, results, seconds), want in zip(seen, expected):
+        assert [c.id for c in cands] == [c.id for c in want] and seconds >= 0
+        assert all(torch.equal(c.vector["w"], w.vector["w"]) for c, w in zip(cands, want))
+        assert results == [fake_evaluate(c.vector) for c in cands]
+    assert qd.archives.rows() == by_hand.archives.rows()
+
+
+def test_steady_run_keeps_every_worker_busy_and_asks_none_after_a_stop(tmp_path):
+    by_hand = _seeded(tmp_path / "a", seed=4)
+    asked = []
+    for _ in range(6):  # one worker: ask one, tell it, in turn
+        c = by_hand.ask_one()
+        by_hand.tell_one(c, fake_evaluate(c.vector))
+        asked.append(c.id)
+    qd, told = _seeded(tmp_path / "b", seed=4), []
+    qd.run(_Evaluator(1), 6, after=lambda c, r, s: told.append(c[0].id), steady=True)
+    assert told == asked and qd.archives.rows() == by_hand.archives.rows()
+
+    # three workers: three children in flight from the start; once stop() is true none is asked,
+    # and those in flight are told (the runner then commits and stops)
+    qd, evaluator, depth = _seeded(tmp_path / "c", seed=4), _Evaluator(3), []
+
+    def after(candidates, results, seconds):
+        depth.append(evaluator.in_flight)
+        if not evaluator.in_flight:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        qd.run(evaluator, 10, after=after, steady=True, stop=lambda: len(depth) >= 2)
+    assert depth == [2, 2, 1, 0] and qd.generation == 4 and not qd.pending

@@ -85,3 +85,32 @@ def test_search_settings_are_checked():
     # a refinement's evaluations count in the budget (and the merge it starts from is scored)
     assert Search().budget(3, 200, 1, FinalSpec("quality", (1.0, 1.25, 1.5), refine=100).opt_evaluations) == 306
     assert FinalSpec("quality", (1.0,), "merge", refine=5).opt_evaluations == 6
+
+
+def test_drive_resumed_from_a_round_ends_where_an_uninterrupted_search_ends():
+    from cycleqd.core.searches import CoefficientSearch, drive
+
+    target = np.array([0.9, 0.1, 0.8, 0.2, 0.7, 0.3])
+    whole = CoefficientSearch(Search(name="cmaes"), 6, 40, seed=1)
+    rounds, before = [], []
+    x, result, counts = drive(
+        whole, _Identity(), _Quadratic(target), on_round=lambda m, xs: rounds.append((m, len(xs))), before=before.append
+    )
+    assert before == [0, 9, 18, 27, 36] and [n for _, n in rounds] == [9, 9, 9, 9, 4]  # 4 + ⌊3 ln 6⌋ = 9 a round
+    assert all(m["seconds"] >= 0 for m, _ in rounds) and counts["evaluations"] == 40
+
+    first = CoefficientSearch(Search(name="cmaes"), 6, 40, seed=1)
+    state = {}
+
+    def stop_after_two(m, xs):
+        if first.rounds == 2:
+            state.update(first.state_dict())
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        drive(first, _Identity(), _Quadratic(target), on_round=stop_after_two)
+    resumed = CoefficientSearch(Search(name="cmaes"), 6, 40, seed=99)
+    resumed.load_state_dict(state)
+    y, again, _ = drive(resumed, _Identity(), _Quadratic(target))
+    np.testing.assert_array_equal(x, y)
+    assert again == result

@@ -59,11 +59,11 @@ def _refine(
     info: dict | None = None,
     log: list | None = None,
 ) -> tuple[TaskVector, dict, Any]:
-    """``Run.refine`` over two experts, every task scored by closeness to ``target`` (or
+    """``refine`` over two experts, every task scored by closeness to ``target`` (or
     every evaluation failing), after a search of 7 generations and 30 evaluations whose best
     mean was 0.05; ``log`` gets the lines the run logs."""
     from cycleqd.protocols import Failure
-    from cycleqd.run.runner import Run
+    from cycleqd.run.final import refine
 
     evaluated = []
 
@@ -78,11 +78,11 @@ def _refine(
 
     run = SimpleNamespace(
         c=SimpleNamespace(final=final), names=list(REFINE_EXPERTS), experts=REFINE_EXPERTS, basis=None, cfg=SimpleNamespace(seed=0),
-        scores=scores, _check_stop=lambda: None, qd=SimpleNamespace(generation=7, evaluations=30), best_opt_mean=0.05, elapsed=1.0,
-        logger=SimpleNamespace(log=(log if log is not None else []).append),
+        scores=scores, check_stop=lambda: None, qd=SimpleNamespace(generation=7, evaluations=30),
+        books=SimpleNamespace(best_opt_mean=0.05, elapsed=1.0), logger=SimpleNamespace(log=(log if log is not None else []).append),
     )  # fmt: skip
     info = {} if info is None else info
-    out = Run.refine(run, model, before, info)
+    out = refine(run, model, before, info)
     assert len(evaluated) == final.refine and {split for _, split in evaluated} <= {"opt"}
     return out, info, scores([(out, "opt")])[0]
 

@@ -66,9 +66,7 @@ def test_a_checkpoint_pickled_with_the_old_module_paths_loads(tmp_path):
     assert old != payload and b"cycleqd.core" not in old
     path = checkpoint.checkpoint_path(tmp_path)
     path.parent.mkdir(parents=True)
-    path.write_bytes(
-        checkpoint.MAGIC + b" %d %s\n" % (checkpoint.FORMAT, hashlib.sha256(old).hexdigest().encode()) + old
-    )
+    path.write_bytes(checkpoint.MAGIC + b" 1 %s\n" % (hashlib.sha256(old).hexdigest().encode()) + old)
     loaded = checkpoint.load(tmp_path)
     assert loaded.state["pending"] == state["pending"] and type(loaded.state["pending"][0]) is Candidate
     assert loaded.state["record"] == state["record"]
