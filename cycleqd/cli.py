@@ -24,7 +24,7 @@ from pathlib import Path
 
 from cycleqd.errors import ConfigError, CycleQDError
 from cycleqd.run.configs import CONF_DIR, compose, sweep
-from cycleqd.run.summary import format_summary, score_cells
+from cycleqd.run.summary import format_summary, score_table
 
 # Hydra's flags: those that take a value, and those that make it print instead of run.
 _VALUE_FLAGS = {
@@ -217,18 +217,16 @@ def _baselines(overrides: list[str]) -> None:
             experts, baselines, chosen, failed = r.baselines()
         finally:
             r.pool.close()
-    tasks = r.names
-    width = max(len(n) for n in [*experts, *baselines, *failed]) + 12
-    print("model".ljust(width) + "".join(t[:10].rjust(11) for t in tasks) + "mean".rjust(9) + "  chosen on opt")
-    for name, s in experts.items():
-        cells = score_cells(None if isinstance(s, Failure) else s, tasks)
-        print(f"expert: {name}".ljust(width) + cells + (f"  FAILED {s}" if isinstance(s, Failure) else ""))
+    rows = [
+        (f"expert: {name}", None if isinstance(s, Failure) else s, f"  FAILED {s}" if isinstance(s, Failure) else "")
+        for name, s in experts.items()
+    ]
     for name, s in baselines.items():
         pick = chosen.get(name, {})
         note = ", ".join(f"{k}={v}" for k, v in pick.items() if k in ("scale", "density", "gamma") and v is not None)
-        print(f"baseline: {name}".ljust(width) + score_cells(s, tasks) + f"  {note}")
-    for name, why in failed.items():
-        print(f"baseline: {name}".ljust(width) + score_cells(None, tasks) + f"  FAILED {why}")
+        rows.append((f"baseline: {name}", s, f"  {note}"))
+    rows += [(f"baseline: {name}", None, f"  FAILED {why}") for name, why in failed.items()]
+    print("\n".join(score_table(rows, r.names, note="  chosen on opt")))
 
 
 def _evaluate(model_dir: str, overrides: list[str], split: str) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from cycleqd import tables
 from cycleqd.errors import ConfigError
 from cycleqd.fileio import read_json, write_text
 from cycleqd.protocols import mean_score
@@ -96,11 +97,9 @@ def aggregate(header: list[str], rows: list[list[Any]], by: str) -> tuple[list[s
 
 
 def format_table(header: list[str], rows: list[list[Any]]) -> str:
+    """The sweep's table: every column right-aligned, numbers to three decimals."""
     cells = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths))]
-    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in cells]
-    return "\n".join(lines)
+    return "\n".join(tables.format_table(header, cells, align=">" * len(header), sep="  "))
 
 
 def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:

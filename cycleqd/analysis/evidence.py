@@ -24,6 +24,7 @@ from cycleqd.errors import ConfigError
 from cycleqd.fileio import read_json, write_bytes
 from cycleqd.protocols import mean_score
 from cycleqd.stats import differences, paired_bootstrap
+from cycleqd.tables import format_table
 
 
 @dataclass
@@ -138,16 +139,21 @@ def table(roots: list[Path], reference: str) -> list[dict]:
 
 
 def format_rows(rows: list[dict], reference: str) -> str:
-    head = f"{'method':44s}{'seeds':>6s}{'test mean ± sd':>17s}   {'− reference [95% CI]':>34s}{'opt evals':>10s}{'wall s':>8s}"
-    lines = [head, "-" * len(head)]
+    cells = []
     for r in rows:
         d = r["diff"]
-        dtext = f"{100 * d['diff']:+.1f} [{100 * d['ci'][0]:+.1f}, {100 * d['ci'][1]:+.1f}]" if d else "—"
-        ev = str(r["opt_evaluations"]) if r["opt_evaluations"] is not None else "—"
-        wall = f"{r['wall_s']:.0f}" if r["wall_s"] is not None else "—"
-        lines.append(
-            f"{r['method'][:44]:44s}{r['seeds']:6d}{r['test_mean']:10.1f} ± {r['sd']:4.1f}   {dtext:>34s}{ev:>10s}{wall:>8s}"
+        cells.append(
+            [
+                r["method"][:44],
+                str(r["seeds"]),
+                f"{r['test_mean']:10.1f} ± {r['sd']:4.1f}",
+                f"{100 * d['diff']:+.1f} [{100 * d['ci'][0]:+.1f}, {100 * d['ci'][1]:+.1f}]" if d else "—",
+                str(r["opt_evaluations"]) if r["opt_evaluations"] is not None else "—",
+                f"{r['wall_s']:.0f}" if r["wall_s"] is not None else "—",
+            ]
         )
+    header = ["method", "seeds", "test mean ± sd", "− reference [95% CI]", "opt evals", "wall s"]
+    lines = format_table(header, cells, align="<>>>>>", widths=[44, 6, 17, 37, 10, 8], rule=True)
     lines.append(
         f"(test split, points; reference: {reference}; differences paired by seed, their intervals redrawn over the"
     )

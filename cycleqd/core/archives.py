@@ -30,6 +30,57 @@ KINDS = tuple(OPTIONS)
 
 
 @dataclass(frozen=True)
+class ArchiveSpec:
+    """The archives as the config states them (``archive=grid``, ``cvt`` or ``dns``; each value
+    is set in its file under ``conf/archive/``): :meth:`build` makes them for a run's tasks.
+
+    Args:
+        kind: ``grid``, ``cvt`` or ``dns`` (see the module's docstring).
+        sampling: ``elite`` (the paper's biased parent sampling) or ``uniform``.
+        alpha: ``[α_low, α_high]`` of the sampling's min-max normalisation.
+        quality: ``task`` (the paper's cycling) or ``mean`` (ablation).
+        cells: cvt: Voronoi cells per archive.
+        samples: cvt: the points k-means clusters into the cells.
+        capacity: dns: models per archive.
+        k_neighbors: dns: fitter neighbours a model's novelty is averaged over.
+    """
+
+    kind: str
+    sampling: str
+    alpha: tuple[float, float]
+    quality: str
+    cells: int | None = None
+    samples: int | None = None
+    capacity: int | None = None
+    k_neighbors: int | None = None
+
+    def __post_init__(self) -> None:
+        require(self.kind in KINDS, "kind", f"must be one of {list(KINDS)}, got {self.kind!r}")
+        keys = ("kind", "sampling", "alpha", "quality", *OPTIONS[self.kind])
+        for option in sorted({o for opts in OPTIONS.values() for o in opts}):
+            given = getattr(self, option) is not None
+            if given and option not in OPTIONS[self.kind]:
+                require(False, option, f"unknown key for archive.kind={self.kind} (the keys are {', '.join(keys)})")
+            require(given or option not in OPTIONS[self.kind], option, f"must be set for archive.kind={self.kind}")
+        if isinstance(self.alpha, list):
+            object.__setattr__(self, "alpha", tuple(self.alpha))
+
+    def build(self, tasks: Sequence[str], measures: Mapping[str, Measure], seed: int | None) -> "CyclicArchives":
+        """Empty archives of ``tasks`` (each task's descriptor axis in ``measures``)."""
+        options = {o: getattr(self, o) for o in OPTIONS[self.kind]}
+        return CyclicArchives(
+            tasks=tasks,
+            measures=measures,
+            sampling=self.sampling,
+            alpha=self.alpha,
+            seed=seed,
+            quality=self.quality,
+            kind=self.kind,
+            **options,
+        )
+
+
+@dataclass(frozen=True)
 class ElitePick:
     """A sampled parent: its elite id and its row in the quality archive (its solution is
     the elite's id, or its genome)."""

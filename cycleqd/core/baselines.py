@@ -4,15 +4,90 @@ the test split. A merge whose evaluation fails is reported as failed."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from cycleqd.checks import matches, require
 from cycleqd.core.choice import choose_on_opt, opt_means
 from cycleqd.core.merging import METHODS, Merge
 from cycleqd.core.taskvector import TaskVector
 from cycleqd.protocols import Failure, Result
+
+
+@dataclass(frozen=True)
+class StaticMerge:
+    """One static merge of all experts as the config states it (``baselines.<name>`` in
+    ``conf/config.yaml``): a merge method and the grid its parameters are chosen from on the
+    opt split. A parameter the method does not read is left out (null); one it reads must be
+    given. ``scales: []`` switches the baseline off.
+
+    Args:
+        method: One of :data:`cycleqd.core.merging.METHODS`.
+        scales: ``λ``, the factor the merge of equally weighted experts is multiplied by.
+        density: Fraction of entries kept (ties, dare, breadcrumbs; della: on average).
+        gamma: Fraction of the largest entries dropped (breadcrumbs).
+        epsilon: Spread of della's keep probabilities around ``density``.
+    """
+
+    method: str
+    scales: list[float]
+    density: list[float] | None = None
+    gamma: list[float] | None = None
+    epsilon: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        require(
+            isinstance(self.method, str) and self.method in METHODS,
+            "method",
+            f"must be one of {list(METHODS)}, got {self.method!r}",
+        )
+        for key in ("scales", *PARAMETERS):
+            value = getattr(self, key)
+            if key in PARAMETERS and value is None:
+                require(
+                    key not in METHODS[self.method].params or not self.scales,
+                    key,
+                    f"{self.method} reads {key}: give the values to choose from, e.g. [{_EXAMPLE[key]}]",
+                )
+                continue
+            require(matches(value, list[float]), key, f"must be a list of numbers, got {value!r}")
+            object.__setattr__(self, key, [float(x) for x in value])
+        require(all(s > 0 for s in self.scales), "scales", f"must be positive, got {self.scales}")
+        for point in self.grid():
+            Merge(self.method, **dict(zip(PARAMETERS, point[1:])))  # each grid point's values checked
+
+    def grid(self) -> tuple[tuple[float, ...], ...]:
+        """(scale, density, gamma, epsilon) of each grid point; a parameter the method does not
+        read holds :class:`~cycleqd.core.merging.Merge`'s value, which the method ignores."""
+        reads = METHODS[self.method].params
+        axes = [getattr(self, k) if k in reads and getattr(self, k) else [getattr(Merge, k)] for k in PARAMETERS]
+        return tuple(itertools.product(self.scales, *axes))
+
+    def spec(self, name: str) -> "BaselineSpec":
+        return BaselineSpec(name, self.method, self.grid())
+
+    def check_experts(self, n_experts: int) -> None:
+        """The method can merge ``n_experts`` vectors (slerp: two)."""
+        least, most = METHODS[self.method].vectors
+        if least == most:
+            require(
+                n_experts == least,
+                "",
+                f"{self.method} merges exactly {least} experts, the config has {n_experts} tasks",
+            )
+        else:
+            require(
+                n_experts >= least,
+                "",
+                f"{self.method} merges at least {least} experts, the config has {n_experts} tasks",
+            )
+
+
+PARAMETERS = ("density", "gamma", "epsilon")
+_EXAMPLE = {"density": "0.3, 0.6", "gamma": "0.01", "epsilon": "0.1"}
 
 
 @dataclass(frozen=True)

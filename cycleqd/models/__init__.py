@@ -14,7 +14,7 @@ _EXPORTS = {
     "ExpertRecipe": "cycleqd.models.finetune",
     "HFTextModel": "cycleqd.models.loading",
     "load_model": "cycleqd.models.loading",
-    "locate_models": "cycleqd.models.experts",
+    "locate": "cycleqd.models.providers",
     "TinyLlama": "cycleqd.models.embedded",
     "Training": "cycleqd.models.finetune",
 }

@@ -1,5 +1,5 @@
-"""Where the base model and the experts come from, and their task vectors, checked
-against the base before any training of children or evolution starts."""
+"""The experts' task vectors, checked against the base model before any training of children
+or evolution starts."""
 
 from __future__ import annotations
 
@@ -7,45 +7,9 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig
 
 from cycleqd.core.taskvector import LowRank, TaskVector
 from cycleqd.errors import ConfigError
-
-
-def locate_models(cfg: DictConfig, tasks: list) -> tuple[Path, dict[str, Path], str]:
-    """Base model directory, expert directory per task, and the experts' format (full | lora).
-
-    ``experts.kind: train`` fine-tunes (once, cached) one expert per task from the base;
-    ``experts.kind: paths`` takes them from disk.
-    """
-    from cycleqd.models.embedded import EmbeddedRecipe, cache_root, ensure_embedded, ensure_experts
-
-    root = Path(cfg.model.cache_dir) if cfg.model.get("cache_dir") else cache_root()
-    trained = cfg.experts.kind == "train"
-    if cfg.model.kind == "embedded":
-        weights = cfg.model.pretrain_weights or {}
-        recipe = EmbeddedRecipe(
-            model=instantiate(cfg.model.shape),
-            pretrain=instantiate(cfg.model.pretrain),
-            pretrain_weights=tuple(float(weights.get(t.name, 1.0)) for t in tasks),
-            pretrain_examples=cfg.model.pretrain_examples,
-            expert=instantiate(cfg.experts.recipe, _convert_="all"),
-            expert_examples=cfg.experts.examples,
-        )
-        built = ensure_embedded(recipe, tasks, root)
-        return built.base, built.experts, recipe.expert.kind
-    if cfg.model.kind == "smollm2":
-        from cycleqd.models.smollm2 import ensure_smollm2
-
-        base, base_key = ensure_smollm2(root)
-    else:
-        base, base_key = Path(cfg.model.path), str(Path(cfg.model.path).resolve())
-    if trained:
-        expert = instantiate(cfg.experts.recipe, _convert_="all")
-        return base, ensure_experts(base, base_key, expert, cfg.experts.examples, tasks, root), expert.kind
-    return base, {t.name: Path(cfg.experts.paths[t.name]) for t in tasks}, cfg.experts.format
 
 
 def expert_vectors(

@@ -9,13 +9,66 @@ settings, loop, operators, experts, evaluator and bookkeeping.
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from typing import Any
 
-from cycleqd.core.aggregation import aggregate_best
+from cycleqd.checks import matches, require
+from cycleqd.core.aggregation import AGGREGATIONS, CHOICES, aggregate_best
 from cycleqd.core.choice import choose_on_opt, opt_means
 from cycleqd.core.searches import CoefficientSearch, LayerCoefficients, Search, drive
 from cycleqd.progress import Progress
 from cycleqd.protocols import Failure, mean_score
+
+
+@dataclass(frozen=True)
+class FinalSpec:
+    """How the final model is made (``final:`` in ``conf/config.yaml``, where each value is set).
+
+    Args:
+        choice: ``opt``: the merge below or the archives' best elite by mean score, whichever has
+            the higher mean opt score; ``merge``: the merge (the paper).
+        method: Each archive's best elite merged with weights by ``quality``, ``uniform`` or
+            ``mean_score``.
+        scales: The merge's overall scale, chosen on the opt split from these.
+        refine: Opt evaluations of CMA-ES on per-layer coefficients of the experts added to the
+            chosen model (0: none), from zero with step ``refine_sigma0`` (:func:`refine`).
+        refine_sigma0: That CMA-ES's initial step.
+    """
+
+    choice: str
+    method: str
+    scales: tuple[float, ...]
+    refine: int
+    refine_sigma0: float
+
+    def __post_init__(self) -> None:
+        require(self.choice in CHOICES, "choice", f"must be one of {list(CHOICES)}, got {self.choice!r}")
+        require(self.method in AGGREGATIONS, "method", f"must be one of {list(AGGREGATIONS)}, got {self.method!r}")
+        require(
+            (matches(self.scales, list[float]) or matches(self.scales, tuple[float, ...]))
+            and len(self.scales) > 0
+            and all(s > 0 for s in self.scales),
+            "scales",
+            f"must be a non-empty list of positive numbers, got {self.scales!r}",
+        )
+        require(
+            matches(self.refine, int) and self.refine >= 0,
+            "refine",
+            f"must be an integer >= 0 (opt evaluations; 0: none), got {self.refine!r}",
+        )
+        require(
+            matches(self.refine_sigma0, float) and self.refine_sigma0 > 0,
+            "refine_sigma0",
+            f"must be a number > 0, got {self.refine_sigma0!r}",
+        )
+        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+        object.__setattr__(self, "refine_sigma0", float(self.refine_sigma0))
+
+    @property
+    def opt_evaluations(self) -> int:
+        """The final step's evaluations on the opt split: one per scale, none for a single
+        scale unless the merge must be weighed against an elite; then the refinement's."""
+        return (len(self.scales) if len(self.scales) > 1 or self.choice == "opt" or self.refine else 0) + self.refine
 
 
 def final_model(run: Any) -> tuple[Any, dict[str, Any]]:

@@ -104,3 +104,50 @@ def upgrade_targets(node: Any, key: str = "") -> None:
                     node[k] = new
         elif isinstance(child, (DictConfig, ListConfig)):
             upgrade_targets(child, where)
+
+
+# Config groups that became components (a ``_target_``): a config written before (a run
+# directory's .hydra/config.yaml, an experiment file of one's own) names none, and gets the
+# class its values always meant, with the values later versions added at what they were then.
+_GROUP_TARGETS = {
+    "final": "cycleqd.run.final.FinalSpec",
+    "archive": "cycleqd.core.archives.ArchiveSpec",
+}
+_KIND_TARGETS = {
+    "model": {
+        "embedded": "cycleqd.models.providers.EmbeddedModel",
+        "smollm2": "cycleqd.models.providers.SmolLM2Model",
+        "hf": "cycleqd.models.providers.PretrainedModel",
+    },
+    "experts": {"train": "cycleqd.models.providers.TrainedExperts", "paths": "cycleqd.models.providers.ExpertPaths"},
+}
+_ADDED = {
+    "final": {"choice": "opt", "refine": 0, "refine_sigma0": 0.1},
+    "model": {"cache_dir": None},
+}
+
+
+def fill_targets(cfg: Any) -> None:
+    """Give, in place, each component group of ``cfg`` that has no ``_target_`` the class its
+    values mean (``baselines.<name>``: a static merge; ``model``/``experts``: by ``kind``)."""
+    from omegaconf import DictConfig, open_dict
+
+    def fill(node: Any, target: str | None, added: dict | None = None) -> None:
+        if not isinstance(node, DictConfig) or "_target_" in node or target is None:
+            return
+        with open_dict(node):
+            node["_target_"] = target
+            for k, v in (added or {}).items():
+                if k not in node:
+                    node[k] = v
+
+    for group, target in _GROUP_TARGETS.items():
+        fill(cfg.get(group), target, _ADDED.get(group))
+    for group, by_kind in _KIND_TARGETS.items():
+        node = cfg.get(group)
+        if isinstance(node, DictConfig):
+            fill(node, by_kind.get(node.get("kind")), _ADDED.get(group))
+    baselines = cfg.get("baselines")
+    if isinstance(baselines, DictConfig):
+        for name in baselines:
+            fill(baselines.get(name), "cycleqd.core.baselines.StaticMerge")

@@ -18,9 +18,9 @@ from cycleqd.core.mutation import expert_svds
 from cycleqd.core.operators import DenseOperators, GenomeOperators, Operators
 from cycleqd.core.taskvector import TaskVector
 from cycleqd.evaluation.workers import Worker, WorkerSpec
-from cycleqd.models.embedded import cache_root
-from cycleqd.models.experts import expert_vectors, locate_models
+from cycleqd.models.experts import expert_vectors
 from cycleqd.models.loading import default_device, load_model
+from cycleqd.models.providers import ExpertPaths, cache_of, locate
 from cycleqd.run.components import Components
 from cycleqd.run.store import EliteStore
 
@@ -49,12 +49,14 @@ def provision(cfg: DictConfig, c: Components, store: EliteStore) -> Provisioned:
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    base_dir, expert_dirs, fmt = locate_models(cfg, c.tasks)
+    base_dir, expert_dirs, fmt = locate(c.model, c.experts, c.tasks)
     model, tokenizer = load_model(base_dir, cfg.device or default_device())
-    experts = expert_vectors(model, expert_dirs, fmt, key="experts.paths" if cfg.experts.kind == "paths" else "experts")
+    experts = expert_vectors(
+        model, expert_dirs, fmt, key="experts.paths" if isinstance(c.experts, ExpertPaths) else "experts"
+    )
     touched = tuple(dict.fromkeys(n for tv in experts.values() for n in tv))
     # The experts' SVDs, once per expert content, cached beside the models.
-    root = Path(cfg.model.cache_dir) if cfg.model.get("cache_dir") else cache_root()
+    root = cache_of(c.model)
     parts, basis_files = {}, {}
     for t in c.names:
         parts[t], key = cached_expert_basis(

@@ -9,6 +9,7 @@ from typing import Any
 
 from cycleqd.fileio import write_json
 from cycleqd.protocols import mean_score
+from cycleqd.tables import format_table
 
 
 @dataclass(frozen=True)
@@ -55,13 +56,31 @@ def _lower_is_better(summary: dict) -> dict:
     return {t: Measure(**m) for t, m in (summary.get("measures") or {}).items() if m.get("direction") == "min"}
 
 
-def score_cells(s: dict | None, tasks: list[str], lower: dict | None = None) -> str:
-    """Scores in points; a lower-is-better task's as its own score (from its utility); the mean over utilities."""
+def score_cells(s: dict | None, tasks: list[str], lower: dict | None = None) -> list[str]:
+    """A model's cells: each task's score in points (a lower-is-better task's as its own score,
+    from its utility), then the mean over utilities; dashes for a model without scores."""
     lower = lower or {}
     if not s:
-        return "".join("—".rjust(11) for _ in tasks) + "—".rjust(9)
-    cells = "".join(f"{lower[t].score(s[t]):11.4g}" if t in lower else f"{100 * s[t]:11.1f}" for t in tasks)
-    return cells + f"{100 * mean_score(s, tasks):9.1f}"
+        return ["—"] * (len(tasks) + 1)
+    cells = [f"{lower[t].score(s[t]):.4g}" if t in lower else f"{100 * s[t]:.1f}" for t in tasks]
+    return cells + [f"{100 * mean_score(s, tasks):.1f}"]
+
+
+def score_table(
+    rows: list[tuple[str, dict | None, str]],
+    tasks: list[str],
+    lower: dict | None = None,
+    note: str = "",
+    rule: bool = False,
+) -> list[str]:
+    """Models' scores as table lines: ``(name, scores, note)`` per row, a column per task and the mean."""
+    lower = lower or {}
+    header = ["model", *((t[:9] + "↓" if t in lower else t[:10]) for t in tasks), "mean", note]
+    cells = [[name, *score_cells(s, tasks, lower), text] for name, s, text in rows]
+    width = max(len(r[0]) for r in rows) + 2
+    return format_table(
+        header, cells, align="<" + ">" * (len(tasks) + 1) + "~", widths=[width, *[11] * len(tasks), 9], rule=rule
+    )
 
 
 def _difference(d: dict | None) -> str:
@@ -114,14 +133,13 @@ def format_summary(summary: dict) -> str:
     rows.append((f"{search} (final)", summary["final"], None))
     lower = _lower_is_better(summary)
     width = max(len(r[0]) for r in rows) + 2
-    head = (
-        "model".ljust(width)
-        + "".join((t[:9] + "↓" if t in lower else t[:10]).rjust(11) for t in tasks)
-        + "mean".rjust(9)
+    lines = score_table(
+        [(name, s, _difference(d)) for name, s, d in rows],
+        tasks,
+        lower,
+        note="  final − model [95% CI]" if vs else "",
+        rule=True,
     )
-    head += "  final − model [95% CI]" if vs else ""
-    lines = [head, "-" * len(head)]
-    lines += [name.ljust(width) + score_cells(s, tasks, lower) + _difference(d) for name, s, d in rows]
     if vs:
         lines.append("(test-mean points; paired bootstrap over the test prompts, stratified by task)")
     if lower:
@@ -149,12 +167,14 @@ def format_summary(summary: dict) -> str:
     for what, why in (summary.get("failed") or {}).items():
         lines.append(f"FAILED {what}: {why}")
     if summary["archives"]:
-        lines.append(
-            "archive".ljust(width) + "coverage".rjust(11) + "qd_score".rjust(11) + "best".rjust(9) + "elites".rjust(9)
-        )
-    for t, a in summary["archives"].items():
-        lines.append(
-            t.ljust(width) + f"{a['coverage']:11.3f}{a['qd_score']:11.2f}{100 * a['best']:9.1f}{a['num_elites']:9d}"
+        lines += format_table(
+            ["archive", "coverage", "qd_score", "best", "elites"],
+            [
+                [t, f"{a['coverage']:.3f}", f"{a['qd_score']:.2f}", f"{100 * a['best']:.1f}", str(a["num_elites"])]
+                for t, a in summary["archives"].items()
+            ],
+            align="<>>>>",
+            widths=[width, 11, 11, 9, 9],
         )
     lines += [f"descriptor range: {line}" for line in summary.get("range_warnings") or []]
     return "\n".join(lines)

