@@ -10,7 +10,7 @@ PIP := $(BIN)/python -m pip
 TEST_WORKERS ?= 2
 export WANDB_MODE ?= disabled
 
-.PHONY: demo test lint test-slow bench docs clean
+.PHONY: demo test lint test-slow bench docs clean sandbox-tool
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,15 +40,22 @@ demo: $(VENV)/.installed
 
 # Test files are spread over TEST_WORKERS processes (pytest-xdist), a file's tests on one:
 # the Ray tests of one file never share the machine's Ray with each other.
-test: lint
+test: lint sandbox-tool
 	$(BIN)/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile
+
+# Model-written code (python_tests) runs under bubblewrap: installed here as root with apt-get;
+# elsewhere the sandbox's tests skip, saying how to install it.
+sandbox-tool:
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ apt-get update -qq && apt-get install -y -qq bubblewrap; } >/dev/null; } || \
+		echo "bubblewrap (bwrap) is not installed, so the sandbox's tests skip: apt-get install bubblewrap"
 
 # ruff's lint and format rules are in pyproject.toml; `ruff format .` applies the format.
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test-slow: $(VENV)/.installed-dev
+test-slow: $(VENV)/.installed-dev sandbox-tool
 	$(BIN)/python -m pytest -q -m slow -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(VENV)/.installed
@@ -56,6 +63,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/genome.py
 	$(BIN)/python benchmarks/pool.py
 	$(BIN)/python benchmarks/startup.py
+	$(BIN)/python benchmarks/sandbox.py
 
 # The site from docs/ (mkdocs.yml; strict: a broken link, page or API reference fails), offline.
 docs: $(VENV)/.installed-docs

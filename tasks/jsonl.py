@@ -1,7 +1,8 @@
 """Tasks from a JSONL file of your own: one item a line, ``{"split": "opt"|"test",
 "prompt": ..., "answer": ...}`` scored by exact match, or ``{"split", "prompt",
 "tests"}`` scored by running the generated Python code followed by ``tests`` (asserts)
-in a contained interpreter (MBPP-style pass@1; see :mod:`cycleqd.evaluation.sandbox`)."""
+against it in a sandbox the code cannot reach out of or forge its verdict in (MBPP-style
+pass@1; see :mod:`cycleqd.evaluation.sandbox`)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ import json
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from cycleqd.checks import check_fields, require
 from cycleqd.errors import ConfigError
-from cycleqd.evaluation.sandbox import Limits, run_python
+from cycleqd.evaluation.sandbox import Limits, check, run_tests
 from cycleqd.protocols import ItemTask, Measure, TextModel
 from cycleqd.tasks.base import SPLITS
 
@@ -32,7 +33,9 @@ class JsonlTask(ItemTask):
         stop: Strings that end a generation.
         timeout_s: Per-item wall-clock (and CPU-time) limit of ``python_tests``.
         memory_mb: Per-item memory limit of ``python_tests``.
-        workers: Items of ``python_tests`` scored at once (separate processes).
+        workers: Items of ``python_tests`` scored at once (separate sandboxes).
+        sandbox: The rest of :class:`~cycleqd.evaluation.sandbox.Limits` for ``python_tests``
+            (``disk_mb``, ``file_mb``, ``max_processes``, ``python``, ``allow_root``).
         measure: Descriptor axis of this task's score.
     """
 
@@ -44,6 +47,7 @@ class JsonlTask(ItemTask):
     timeout_s: float = 10.0
     memory_mb: int = 1024
     workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
+    sandbox: dict = field(default_factory=dict)
     measure: Measure = field(default_factory=Measure)
 
     def __post_init__(self) -> None:
@@ -56,13 +60,35 @@ class JsonlTask(ItemTask):
         )
         require(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
         require(self.workers >= 1, "workers", f"must be >= 1, got {self.workers}")
-        self.limits = Limits(
-            timeout_s=self.timeout_s, cpu_s=max(1, math.ceil(self.timeout_s)), memory_mb=self.memory_mb
-        )
+        self.limits = self._limits()
         self._items: dict[str, list[dict]] | None = None
 
+    def _limits(self) -> Limits:
+        own = {"timeout_s", "cpu_s", "memory_mb"}
+        keys = sorted(f.name for f in fields(Limits) if f.name not in own)
+        for key in self.sandbox:
+            if key in own:
+                task_key = "memory_mb" if key == "memory_mb" else "timeout_s"  # cpu_s follows timeout_s
+                raise ConfigError(f"sandbox.{key}", f"set the task's {task_key} instead")
+            require(key in keys, f"sandbox.{key}", f"unknown key (the keys are {', '.join(keys)})")
+        try:
+            return Limits(
+                timeout_s=self.timeout_s,
+                cpu_s=max(1, math.ceil(self.timeout_s)),
+                memory_mb=self.memory_mb,
+                **self.sandbox,
+            )
+        except ConfigError as e:
+            raise e if e.key in own else e.under("sandbox") from None
+
     def prepare(self) -> None:
-        """Read the file and check both splits now, before any model exists."""
+        """Read the file and check both splits now, before any model exists; for
+        ``python_tests``, check that the sandbox runs here."""
+        if self.scorer == "python_tests":
+            try:
+                check(self.limits)
+            except ConfigError as e:
+                raise e.under("sandbox") from None
         require(Path(self.path).is_file(), "path", f"{str(self.path)!r} does not exist")
         for split in SPLITS:
             try:
@@ -101,7 +127,7 @@ class JsonlTask(ItemTask):
     def score(self, output: str, item: dict) -> float:
         if self.scorer == "exact":
             return float(output.strip() == str(item["answer"]).strip())
-        return float(run_python(output + "\n\n" + item["tests"] + "\n", self.limits).passed)
+        return float(run_tests(output, item["tests"], self.limits).passed)
 
     def evaluate_items(self, model: TextModel, split: str = "opt") -> list[float]:
         """Each item's score (0 or 1) on ``split``, in file order."""
