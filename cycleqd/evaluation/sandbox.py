@@ -157,10 +157,14 @@ def run_tests(code: str, tests: str, limits: Limits = Limits()) -> Outcome:
     finally:
         for fd in (payload_fd, harness_fd, verdict_w):
             os.close(fd)
-    with os.fdopen(verdict_r, "rb") as verdict_file:
-        outputs, timed_out = _drain(
-            proc, {"stdout": proc.stdout, "stderr": proc.stderr, "verdict": verdict_file}, limits
-        )
+    try:
+        with os.fdopen(verdict_r, "rb") as verdict_file:
+            files = {"stdout": proc.stdout, "stderr": proc.stderr, "verdict": verdict_file}
+            outputs, timed_out = _drain(proc, files, limits)
+    except BaseException:  # the evaluator's own deadline (SIGALRM) or an interrupt: the run goes down with it
+        _kill(proc)
+        proc.wait()
+        raise
     return Outcome(
         _verdict(outputs["verdict"], token),
         timed_out,

@@ -312,6 +312,7 @@ def build(cfg: DictConfig) -> Components:
     Raises:
         ConfigError: the first bad value, its key named.
     """
+    check_resolvable(cfg)  # before fill_targets reads kinds, so a bad ${...} is named, not raised raw
     fill_targets(cfg)
     upgrade_targets(cfg)
     warnings = check_settings(cfg)

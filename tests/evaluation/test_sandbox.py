@@ -359,3 +359,26 @@ def test_as_root_an_interpreter_nobody_cannot_run_is_refused_naming_allow_root(t
         ConfigError, match=r"^allow_root: .*sandbox.allow_root=true to run model-written code as root knowingly"
     ):
         sandbox.check(Limits(python=str(python)))
+
+
+def test_an_interrupted_call_takes_its_run_down():
+    import signal
+
+    def alarm(signum, frame):
+        raise TimeoutError("the evaluator's deadline")
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, 1.0)
+    code = (
+        "import subprocess, sys, time\n"
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)', 'ALARMED-4'])\n"
+        "time.sleep(300)\n"
+    )
+    try:
+        with pytest.raises(TimeoutError):
+            run_tests(code, TESTS, Limits(timeout_s=60))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    time.sleep(0.5)
+    assert processes_with("ALARMED-4") == []
