@@ -39,6 +39,10 @@ class ArchiveSpec:
         sampling: ``elite`` (the paper's biased parent sampling) or ``uniform``.
         alpha: ``[α_low, α_high]`` of the sampling's min-max normalisation.
         quality: ``task`` (the paper's cycling) or ``mean`` (ablation).
+        edges: grid: where a score exactly on the edge between two bins goes: ``upper`` (pyribs)
+            or ``lower`` (the reference code).
+        cycle_offset: generation ``g`` draws its parents from archive ``(g + cycle_offset) mod K``
+            (0: the first listed task first; 1: the reference code's order).
         cells: cvt: Voronoi cells per archive.
         samples: cvt: the points k-means clusters into the cells.
         capacity: dns: models per archive.
@@ -49,6 +53,9 @@ class ArchiveSpec:
     sampling: str
     alpha: tuple[float, float]
     quality: str
+    # Defaults for the configs of runs made before these two existed (they bin and cycle so).
+    edges: str = "upper"
+    cycle_offset: int = 0
     cells: int | None = None
     samples: int | None = None
     capacity: int | None = None
@@ -56,7 +63,7 @@ class ArchiveSpec:
 
     def __post_init__(self) -> None:
         require(self.kind in KINDS, "kind", f"must be one of {list(KINDS)}, got {self.kind!r}")
-        keys = ("kind", "sampling", "alpha", "quality", *OPTIONS[self.kind])
+        keys = ("kind", "sampling", "alpha", "quality", "edges", "cycle_offset", *OPTIONS[self.kind])
         for option in sorted({o for opts in OPTIONS.values() for o in opts}):
             given = getattr(self, option) is not None
             if given and option not in OPTIONS[self.kind]:
@@ -76,6 +83,8 @@ class ArchiveSpec:
             seed=seed,
             quality=self.quality,
             kind=self.kind,
+            edges=self.edges,
+            cycle_offset=self.cycle_offset,
             **options,
         )
 
@@ -89,6 +98,27 @@ class ElitePick:
     objective: float
     scores: tuple[float, ...]
     solution: np.ndarray | None = None
+
+
+class LowerEdgeGridArchive(GridArchive):
+    """A pyribs ``GridArchive`` whose bins are closed on the right: a measure exactly on the edge
+    between two bins goes into the lower one, as the CycleQD reference code bins
+    (``np.digitize(m, np.linspace(low, high, bins + 1), right=True) − 1``, clipped into the
+    grid). pyribs closes them on the left, and its ``epsilon`` moves a measure within 1e-6 of an
+    edge's upper side up as well. Agentic scores k/n land on edges often."""
+
+    def index_of(self, measures: Any) -> np.ndarray:
+        measures = np.atleast_2d(np.asarray(measures, dtype=np.float64))
+        if measures.shape[1:] != (self.measure_dim,) or not np.all(np.isfinite(measures)):
+            return super().index_of(measures)  # pyribs' own errors for a bad batch
+        grid = np.stack(
+            [
+                np.digitize(measures[:, j], np.linspace(low, high, int(n) + 1), right=True) - 1
+                for j, (low, high, n) in enumerate(zip(self.lower_bounds, self.upper_bounds, self.dims))
+            ],
+            axis=1,
+        )
+        return self.grid_to_int_index(np.clip(grid, 0, self.dims - 1))
 
 
 def range_warnings(measures: Mapping[str, Measure], scores: Mapping[str, Mapping[str, float]]) -> list[str]:
@@ -143,6 +173,9 @@ class CyclicArchives:
             archive's objective is the mean score over all tasks; the measures stay).
         solution_dim: Length of a solution: 1 (the elite's id; its task vector lives in the
             elite store) or the genome's length (the archive holds the elite itself).
+        edges: ``"upper"`` (pyribs: a score exactly on the edge between two bins goes into the
+            upper one) or ``"lower"`` (the reference code: into the lower one; grid only).
+        cycle_offset: Generation ``g`` draws its parents from archive ``(g + cycle_offset) mod K``.
 
     Raises:
         ValueError: fewer than two tasks, a task without a measure, or a bad ``alpha``.
@@ -159,6 +192,8 @@ class CyclicArchives:
         solution_dim: int = 1,
         quality: str = "task",
         kind: str = "grid",
+        edges: str = "upper",
+        cycle_offset: int = 0,
         cells: int = 225,
         samples: int = 10_000,
         capacity: int = 100,
@@ -178,6 +213,17 @@ class CyclicArchives:
             f"must be [low, high] with 0 < low <= high, got {alpha!r}",
         )
         require(kind in KINDS, "kind", f"must be one of {list(KINDS)}, got {kind!r}")
+        require(edges in ("upper", "lower"), "edges", f"must be 'upper' or 'lower', got {edges!r}")
+        require(
+            edges == "upper" or kind == "grid",
+            "edges",
+            f"only a grid has bin edges; archive.kind={kind} takes edges=upper, got {edges!r}",
+        )
+        require(
+            matches(cycle_offset, int) and 0 <= cycle_offset < len(tasks),
+            "cycle_offset",
+            f"must be an integer in [0, {len(tasks)}) (one of the {len(tasks)} tasks), got {cycle_offset!r}",
+        )
         for key, value, low in (
             ("cells", cells, 1),
             ("samples", samples, 1),
@@ -209,6 +255,8 @@ class CyclicArchives:
         self.quality = quality
         self.alpha = (float(lo), float(hi))
         self.kind = kind
+        self.edges = edges
+        self.cycle_offset = int(cycle_offset)
         self.options = {"cells": cells, "samples": samples, "capacity": capacity, "k_neighbors": k_neighbors}
         self.centroids: dict[str, np.ndarray] = {}
         self.archives: dict = {}
@@ -227,7 +275,8 @@ class CyclicArchives:
             }
             ranges = [m.axis for m in others]
             if kind == "grid":
-                self.archives[task] = GridArchive(dims=[m.bins for m in others], ranges=ranges, **common)
+                grid = LowerEdgeGridArchive if edges == "lower" else GridArchive
+                self.archives[task] = grid(dims=[m.bins for m in others], ranges=ranges, **common)
             elif kind == "cvt":
                 if centroids is not None and task in centroids:
                     points = np.asarray(centroids[task], dtype=np.float64)
@@ -253,6 +302,8 @@ class CyclicArchives:
             "seed": self._seed,
             "quality": self.quality,
             "kind": self.kind,
+            "edges": self.edges,
+            "cycle_offset": self.cycle_offset,
             "solution_dim": self.solution_dim,
             "centroids": self.centroids or None,
             **self.options,
@@ -318,8 +369,8 @@ class CyclicArchives:
         return [t for t in tasks if t != task]
 
     def quality_task(self, generation: int) -> str:
-        """Generation ``g`` takes its parents from archive ``g mod K``."""
-        return self.tasks[generation % self.K]
+        """Generation ``g`` takes its parents from archive ``(g + cycle_offset) mod K``."""
+        return self.tasks[(generation + self.cycle_offset) % self.K]
 
     def add(
         self,
@@ -362,23 +413,27 @@ class CyclicArchives:
         its descriptor cell indices (grid; cvt and dns have no ordered cells: its measures),
         ``norm`` min-max scaling into ``[α_low, α_high]`` (1 where all values are equal).
         """
+        data, p = self.parent_probabilities(task)
+        k = min(n, len(p))
+        chosen = rng.choice(len(p), size=k, replace=False, p=p)
+        return [_pick({k: v[i] for k, v in data.items()}) for i in chosen]
+
+    def parent_probabilities(self, task: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """``task``'s archive rows (pyribs' ``data()``) and each one's probability of being drawn
+        first as a parent (see :meth:`sample_parents`)."""
         archive = self.archives[task]
         data = archive.data()
         if len(data["index"]) == 0:
             raise RuntimeError(f"archive {task!r} is empty: seed it with the experts first")
         if self.sampling == "uniform":
-            p = np.full(len(data["index"]), 1 / len(data["index"]))
+            return data, np.full(len(data["index"]), 1 / len(data["index"]))
+        if self.kind == "grid":
+            cells = np.atleast_2d(archive.int_to_grid_index(data["index"]))
         else:
-            if self.kind == "grid":
-                cells = np.atleast_2d(archive.int_to_grid_index(data["index"]))
-            else:
-                cells = np.atleast_2d(data["measures"])
-            columns = [data["objective"]] + [cells[:, j] for j in range(cells.shape[1])]
-            p = np.prod([self._norm(np.asarray(c, dtype=np.float64)) for c in columns], axis=0)
-            p = p / p.sum()
-        k = min(n, len(p))
-        chosen = rng.choice(len(p), size=k, replace=False, p=p)
-        return [_pick({k: v[i] for k, v in data.items()}) for i in chosen]
+            cells = np.atleast_2d(data["measures"])
+        columns = [data["objective"]] + [cells[:, j] for j in range(cells.shape[1])]
+        p = np.prod([self._norm(np.asarray(c, dtype=np.float64)) for c in columns], axis=0)
+        return data, p / p.sum()
 
     def _norm(self, v: np.ndarray) -> np.ndarray:
         lo, hi = self.alpha

@@ -2,7 +2,7 @@
 
 With the paper's operators every model the loop makes is, weight by weight,
 
-    τ[W] = Σ_q U_q diag(c_q[W] ⊙ S_q) V_qᵀ      W mutated (2-D, not embeddings): U S Vᵀ = SVD of τ_q[W]
+    τ[W] = Σ_q U_q diag(c_q[W] ⊙ S_q) V_qᵀ      W mutated (2-D; embeddings only with mutation.include_embeddings): U S Vᵀ = SVD of τ_q[W]
     τ[W] = Σ_q c_q[W] · τ_q[W]                    any other W: one coefficient per expert
 
 with ``c`` a flat vector of fixed length (:class:`Basis`). Expert q is ``c_q = 1`` and every
@@ -95,10 +95,14 @@ def content_hash(tv: TaskVector) -> str:
     return h.hexdigest()
 
 
-def cached_expert_basis(expert: TaskVector, root: str | Path, make_svds) -> tuple[ExpertBasis, str]:
+def cached_expert_basis(expert: TaskVector, root: str | Path, make_svds, variant: str = "") -> tuple[ExpertBasis, str]:
     """The expert's basis from ``root/bases/<content hash>.safetensors``, computed with
-    ``make_svds(expert)`` and written there the first time. Returns it and its key."""
+    ``make_svds(expert)`` and written there the first time. Returns it and its key.
+    ``variant`` names what else decides the basis (which weights ``make_svds`` takes): bases
+    of one expert that differ in it are cached apart."""
     key = content_hash(expert)
+    if variant:
+        key = hashlib.sha256(f"{key}|{variant}".encode()).hexdigest()
     path = Path(root) / "bases" / f"{key[:32]}.safetensors"
     if path.is_file():
         try:

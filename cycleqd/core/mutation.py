@@ -82,10 +82,14 @@ class SVDMutation:
         scale: Upper bound ρ of the uniform factors ``r_j``; 0 makes the mutation the identity.
         max_rank: For factored children, truncate each delta to this rank after mutating
             (``None`` lets the rank grow by the expert's rank per mutation).
+        include_embeddings: Move the token embeddings and the output head too (the reference
+            code mutates every weight whose name lacks "norm"); ``False`` leaves them as the
+            crossover made them. It decides which SVDs the run computes (:func:`expert_svds`).
     """
 
     scale: float = 0.1
     max_rank: int | None = None
+    include_embeddings: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self)

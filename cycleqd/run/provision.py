@@ -58,9 +58,13 @@ def provision(cfg: DictConfig, c: Components, store: EliteStore) -> Provisioned:
     # The experts' SVDs, once per expert content, cached beside the models.
     root = cache_of(c.model)
     parts, basis_files = {}, {}
+    embeddings = bool(getattr(c.mutation, "include_embeddings", False))
     for t in c.names:
         parts[t], key = cached_expert_basis(
-            experts[t], root, lambda tv, t=t: expert_svds(tv, desc=f"SVD of expert {t}")
+            experts[t],
+            root,
+            lambda tv, t=t: expert_svds(tv, include_embeddings=embeddings, desc=f"SVD of expert {t}"),
+            variant="embeddings" if embeddings else "",
         )
         basis_files[t] = str(root / "bases" / f"{key[:32]}.safetensors")
     if c.genome:

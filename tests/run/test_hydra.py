@@ -130,7 +130,7 @@ BAD_VALUES = [
     ("+crossover.foo=1", "crossover.foo: unknown key (the keys are mu, sigma, granularity, scale)"),
     (
         "+archive.cells=9",
-        "archive.cells: unknown key for archive.kind=grid (the keys are kind, sampling, alpha, quality)",
+        "archive.cells: unknown key for archive.kind=grid (the keys are kind, sampling, alpha, quality, edges, cycle_offset)",
     ),
     ("baselines.ties.density=null", "baselines.ties.density: ties reads density: give the values to choose from"),
     ("model.kind=hf", "model.kind: is 'embedded' for this class, got 'hf': choose another with model=..."),
@@ -301,20 +301,22 @@ def test_wandb_offline_writes_the_run(tmp_path: Path):
     assert (run_dir / "metrics.jsonl").read_text().count("\n") == 2
 
 
-def test_paper_config_composes_and_validates(tmp_path: Path):
-    """The paper's GPU setup composes here and its dry run checks paths and shapes."""
-    llama = {
-        "model_type": "llama",
-        "hidden_size": 4096,
-        "intermediate_size": 14336,
-        "num_hidden_layers": 32,
-        "vocab_size": 128256,
-    }
+LLAMA3_8B = {
+    "model_type": "llama",
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "vocab_size": 128256,
+}
+
+
+def _paper_overrides(tmp_path: Path, experiment: str) -> list[str]:
+    """The overrides that point ``experiment`` at stand-in model directories and data files."""
     for d in ("base", "coding", "os", "db"):
-        (tmp_path / d).mkdir()
-        (tmp_path / d / "config.json").write_text(json.dumps(llama))
+        (tmp_path / d).mkdir(exist_ok=True)
+        (tmp_path / d / "config.json").write_text(json.dumps(LLAMA3_8B))
     data = tmp_path / "data"
-    data.mkdir()
+    data.mkdir(exist_ok=True)
     item = {
         "mbpp_plus.jsonl": '"tests": "assert True"',
         "agentbench_os.jsonl": '"answer": "ls"',
@@ -322,8 +324,8 @@ def test_paper_config_composes_and_validates(tmp_path: Path):
     }
     for f, key in item.items():
         (data / f).write_text("".join(f'{{"split": "{s}", "prompt": "p", {key}}}\n' for s in ("opt", "test")))
-    overrides = [
-        "experiment=paper_llama3_8b",
+    return [
+        f"experiment={experiment}",
         f"model.path={tmp_path / 'base'}",
         *[f"experts.paths.{t}={tmp_path / t}" for t in ("coding", "os", "db")],
         *[
@@ -331,16 +333,42 @@ def test_paper_config_composes_and_validates(tmp_path: Path):
             for t, f in (("coding", "mbpp_plus.jsonl"), ("os", "agentbench_os.jsonl"), ("db", "agentbench_db.jsonl"))
         ],
     ]
+
+
+def test_paper_config_composes_and_validates(tmp_path: Path):
+    """The paper's GPU setup composes here and its dry run checks paths and shapes."""
+    overrides = _paper_overrides(tmp_path, "paper_llama3_8b")
     cfg = _compose(*overrides)
     assert cfg.generations == 1200 and list(cfg.task) == ["coding", "os", "db"]
     assert cfg.task.coding.measure.high == 0.75 and cfg.task.os.measure.bins == 15
     assert cfg.mutation.scale == 0.1 and cfg.crossover.sigma == 0.01
     out = cli("run", *overrides, "dry_run=true", f"hydra.run.dir={tmp_path / 'run'}").stdout
     assert "config valid" in out
-    bad = dict(llama, hidden_size=2048)
+    bad = dict(LLAMA3_8B, hidden_size=2048)
     (tmp_path / "os" / "config.json").write_text(json.dumps(bad))
     with pytest.raises(ConfigError, match="experts.paths.os: hidden_size=2048"):
         build(_compose(*overrides))
+
+
+def test_the_reference_code_s_setup_switches_every_departure(tmp_path: Path):
+    """experiment=paper_reference: the paper's models with each operator as the reference code
+    runs it (the values its tests in tests/core/test_reference_fidelity.py compare)."""
+    ours = build(_compose(*_paper_overrides(tmp_path, "paper_llama3_8b")))
+    theirs = build(_compose(*_paper_overrides(tmp_path, "paper_reference")))
+    assert (ours.archives.alpha, theirs.archives.alpha) == ((0.5, 0.8), (0.5, 1.3))
+    assert ours.archives.edges == theirs.archives.edges == "lower"
+    assert ours.mutation.include_embeddings and theirs.mutation.include_embeddings
+    assert theirs.mutation.scale == 0.1 and theirs.crossover.granularity == "model" and theirs.crossover.sigma == 0.01
+    # the reference lists [os, mbpp, db] and its first child draws from the second: coding, db, os
+    assert [theirs.archives.quality_task(g) for g in range(4)] == ["coding", "db", "os", "coding"]
+    assert [ours.archives.quality_task(g) for g in range(3)] == ["coding", "os", "db"]
+    assert (theirs.final.choice, theirs.final.scales) == ("merge", (1.0,))
+    # on any experiment, as one option
+    demo = build(_compose("+fidelity=reference_code"))
+    assert (demo.archives.alpha, demo.archives.edges, demo.archives.cycle_offset) == ((0.5, 1.3), "lower", 1)
+    assert demo.mutation.include_embeddings and demo.crossover.granularity == "model"
+    with pytest.raises(ConfigError, match=r"mutation\.\w+: unknown key"):
+        build(_compose("+fidelity=reference_code", "mutation=gaussian"))
 
 
 def test_unknown_task_is_named():
