@@ -36,6 +36,7 @@ _EXPORTS = {
     "SVDMutation": "cycleqd.core.mutation",
     "TaskVector": "cycleqd.core.taskvector",
     "linear_combination": "cycleqd.core.taskvector",
+    "load_candidates": "cycleqd.analysis.candidates",
     "load_run": "cycleqd.analysis.rundata",
 }
 __all__ = [
@@ -50,10 +51,12 @@ __all__ = [
     "SVDMutation",
     "TaskVector",
     "linear_combination",
+    "load_candidates",
     "load_run",
 ]
 
 if TYPE_CHECKING:
+    from cycleqd.analysis.candidates import load_candidates
     from cycleqd.analysis.rundata import RunData, load_run
     from cycleqd.core.archives import CyclicArchives
     from cycleqd.core.crossover import MergeCrossover

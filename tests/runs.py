@@ -170,7 +170,7 @@ def _sha(path: Path) -> str:
 
 def run_fingerprint(run_dir: Path) -> dict:
     """Everything a finished run directory says, wall times aside: summary, metrics, elite table,
-    and the content of every elite file and of the final model."""
+    the record of every evaluated model, and the content of every elite file and of the final model."""
     summary = json.loads((run_dir / "summary.json").read_text())
     summary.pop("wall_time_s")
     metrics = []
@@ -185,6 +185,8 @@ def run_fingerprint(run_dir: Path) -> dict:
         else None,  # a search run has none
         "elite_files": {p.name: _sha(p) for p in sorted((run_dir / "elites").glob("elite-*"))},
         "final": _sha(run_dir / "final.safetensors"),
+        "candidates": (run_dir / "candidates.jsonl").read_text(),
+        "candidate_genomes": _sha(run_dir / "candidates.f32") if (run_dir / "candidates.f32").is_file() else None,
     }
 
 

@@ -7,6 +7,7 @@ Imports: ``cycleqd.run`` and every layer below it.
 from cycleqd._lazy import lazy_exports
 
 _EXPORTS = {
+    "load_candidates": "cycleqd.analysis.candidates",
     "load_run": "cycleqd.analysis.rundata",
     "pareto_front": "cycleqd.analysis.selection",
     "RunData": "cycleqd.analysis.rundata",

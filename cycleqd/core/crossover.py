@@ -81,6 +81,13 @@ class MergeCrossover:
     def __call__(self, parents: Sequence[TaskVector], gen: torch.Generator) -> TaskVector:
         return linear_combination(parents, self.weights(parents, gen))
 
+    def by_group(self, weights: dict[str, float]) -> dict[str, float]:
+        """One parent's per-parameter weights (from :meth:`weights`) as the groups they were
+        drawn for: ``{"model": w}``, or layer group → weight."""
+        if self.granularity == "model":
+            return {"model": next(iter(weights.values()))} if weights else {}
+        return {g: w for n, w in weights.items() for g in (layer_of(n),)}
+
 
 @dataclass(frozen=True)
 class MethodCrossover:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -27,14 +27,20 @@ from cycleqd.protocols import Evaluator, Failure, Result
 
 @dataclass(frozen=True)
 class Candidate:
-    """One child to evaluate: its id, lineage, and the child itself (a task vector, or a
-    genome: see :mod:`cycleqd.core.operators`)."""
+    """One child to evaluate: its id, lineage, the child itself (a task vector, or a
+    genome: see :mod:`cycleqd.core.operators`) and what its operators drew."""
 
     id: int
     generation: int
     quality_task: str
     parents: tuple[int, ...]
     vector: Any
+    operators: dict = field(default_factory=dict)
+
+    def __setstate__(self, state: dict) -> None:
+        # A format-1 checkpoint pickled children from before they recorded their operators.
+        for k, v in {"operators": {}, **state}.items():
+            object.__setattr__(self, k, v)
 
 
 class CycleQD:
@@ -75,16 +81,21 @@ class CycleQD:
         self.consecutive_failures = 0
         self._asked: list[Candidate] | None = None
         self.pending: dict[int, Candidate] = {}  # asked one by one (steady state), not told yet
+        # pyribs' add status per archive of each model the last seed()/tell()/tell_one() offered (None: failed)
+        self.last_statuses: list[dict[str, int] | None] = []
 
     # -- seeding ------------------------------------------------------------------
     def seed(self, vectors: Mapping[str, Any], results: Mapping[str, Result], origin: str = "expert") -> dict[str, int]:
         """Offer each model to every archive (generation −1); returns name → id of the
         models that were scored (a :class:`Failure` result is counted, not offered)."""
         ids = {}
+        self.last_statuses = []
         for name, tv in vectors.items():
             i = self._new_id()
             self.evaluations += 1
-            if self._offer(i, tv, results[name], -1, f"{origin}:{name}", ()):
+            status = self._offer(i, tv, results[name], -1, f"{origin}:{name}", ())
+            self.last_statuses.append(status)
+            if status:
                 ids[name] = i
         return ids
 
@@ -121,8 +132,8 @@ class CycleQD:
     def _breed(self, q: str, generation: int) -> Candidate:
         """One child of two elites of archive ``q`` (parents drawn first, then the operators' numbers)."""
         picks = self.archives.sample_parents(q, 2, self.rng)
-        child = self.operators.child([self.operators.parent(p) for p in picks], q, self.gen)
-        return Candidate(self._new_id(), generation, q, tuple(p.id for p in picks), child)
+        child, drawn = self.operators.breed([self.operators.parent(p) for p in picks], q, self.gen)
+        return Candidate(self._new_id(), generation, q, tuple(p.id for p in picks), child, drawn)
 
     # -- steady state: one child at a time, several in flight -------------------------------
     def ask_one(self) -> Candidate:
@@ -151,6 +162,7 @@ class CycleQD:
         )
         self.evaluations += 1
         self.generation += 1
+        self.last_statuses = [status]
         return status
 
     def tell(self, candidates: Sequence[Candidate], results: Sequence[Result]) -> list[dict[str, int] | None]:
@@ -174,6 +186,7 @@ class CycleQD:
         self.evaluations += len(candidates)
         self.generation += 1
         self._asked = None
+        self.last_statuses = statuses
         return statuses
 
     # -- the loop ------------------------------------------------------------------
@@ -268,6 +281,7 @@ def candidate_data(c: Candidate) -> dict[str, Any]:
         "quality_task": c.quality_task,
         "parents": list(c.parents),
         "vector": x,
+        "operators": c.operators,
     }
 
 
@@ -276,4 +290,6 @@ def candidate_of(data: Mapping[str, Any]) -> Candidate:
     x = data["vector"]
     if isinstance(x, Mapping):
         x = TaskVector({n: LowRank(d["B"], d["A"]) if "B" in d else d["dense"] for n, d in x["task_vector"].items()})
-    return Candidate(data["id"], data["generation"], data["quality_task"], tuple(data["parents"]), x)
+    return Candidate(
+        data["id"], data["generation"], data["quality_task"], tuple(data["parents"]), x, dict(data.get("operators", {}))
+    )

@@ -96,6 +96,10 @@ class SVDMutation:
         require(self.scale >= 0, "scale", f"must be >= 0, got {self.scale}")
         require(self.max_rank is None or self.max_rank >= 1, "max_rank", f"must be >= 1 or null, got {self.max_rank}")
 
+    def describe(self, quality: str) -> dict:
+        """What a child's record says of this mutation (its draws live in the child itself)."""
+        return {"kind": "svd", "along": quality, "scale": self.scale} if self.scale else {}
+
     def draws(self, svds: Mapping[str, SVD], gen: torch.Generator) -> dict[str, torch.Tensor]:
         """The factors ``r`` of each direction, per parameter, in the order they are drawn."""
         return {
@@ -128,6 +132,10 @@ class GaussianMutation:
     def __post_init__(self) -> None:
         check_fields(self)
         require(self.std >= 0, "std", f"must be >= 0, got {self.std}")
+
+    def describe(self, quality: str) -> dict:
+        """What a child's record says of this mutation."""
+        return {"kind": "gaussian", "std": self.std} if self.std else {}
 
     def __call__(self, child: TaskVector, svds: Mapping[str, SVD], gen: torch.Generator) -> TaskVector:
         out = {}

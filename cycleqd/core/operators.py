@@ -7,8 +7,8 @@
   operators only, drawing the same random numbers as the dense path.
 
 Both answer the same four questions for :class:`cycleqd.core.evolve.CycleQD`: a parent from an
-archive row, a child of parents, what the archive stores as the solution, and what to
-keep elsewhere when an archive keeps an elite.
+archive row, a child of parents (with the parameters its operators drew: :meth:`breed`), what
+the archive stores as the solution, and what to keep elsewhere when an archive keeps an elite.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ class Operators(Protocol):
     def parent(self, pick: ElitePick) -> Any: ...
 
     def child(self, parents: Sequence[Any], quality: str, gen: torch.Generator) -> Any: ...
+
+    def breed(self, parents: Sequence[Any], quality: str, gen: torch.Generator) -> tuple[Any, dict]: ...
 
     def solution(self, elite_id: int, child: Any) -> np.ndarray: ...
 
@@ -71,7 +73,21 @@ class DenseOperators:
         return self.store.get(pick.id)
 
     def child(self, parents: Sequence[TaskVector], quality: str, gen: torch.Generator) -> TaskVector:
-        return self.mutation(self.crossover(parents, gen), self.svds[quality], gen)
+        return self.breed(parents, quality, gen)[0]
+
+    def breed(self, parents: Sequence[TaskVector], quality: str, gen: torch.Generator) -> tuple[TaskVector, dict]:
+        """The child and the parameters its operators drew (each operator's own draws, in its order)."""
+        xo = self.crossover
+        if isinstance(xo, MergeCrossover):
+            w = xo.weights(parents, gen)
+            mixed, drawn = linear_combination(parents, w), {"weights": [xo.by_group(x) for x in w]}
+        elif isinstance(xo, MethodCrossover):
+            w = xo.parent_weights(len(parents), gen)
+            mixed, drawn = xo.merge(parents, w, gen), {"method": getattr(xo.merge, "method", None), "weights": w}
+        else:  # a crossover of one's own: its draws are its own
+            mixed, drawn = xo(parents, gen), {}
+        child = self.mutation(mixed, self.svds[quality], gen)
+        return child, operator_params(drawn, self.mutation, quality)
 
     def solution(self, elite_id: int, child: TaskVector) -> np.ndarray:
         return np.array([float(elite_id)])
@@ -81,6 +97,14 @@ class DenseOperators:
 
     def combine(self, xs: Sequence[TaskVector], weights: Sequence[float]) -> TaskVector:
         return linear_combination(list(xs), list(weights))
+
+
+def operator_params(crossover: dict, mutation: Any, quality: str) -> dict:
+    """A child's record of its operators: what the crossover drew, and the mutation's settings."""
+    described = getattr(mutation, "describe", None)
+    out = {"crossover": crossover} if crossover else {}
+    moved = described(quality) if callable(described) else {}
+    return out | ({"mutation": moved} if moved else {})
 
 
 def linear_in_genome(crossover: Any, mutation: Any) -> bool:
@@ -114,17 +138,25 @@ class GenomeOperators:
         return np.asarray(pick.solution, dtype=np.float32)
 
     def child(self, parents: Sequence[np.ndarray], quality: str, gen: torch.Generator) -> np.ndarray:
-        if isinstance(self.crossover, MergeCrossover):
-            weights = [self.basis.spread(w) for w in self.crossover.weights_for(self.basis.names, len(parents), gen)]
+        return self.breed(parents, quality, gen)[0]
+
+    def breed(self, parents: Sequence[np.ndarray], quality: str, gen: torch.Generator) -> tuple[np.ndarray, dict]:
+        """The child and the parameters its operators drew (as :meth:`DenseOperators.breed`)."""
+        xo = self.crossover
+        if isinstance(xo, MergeCrossover):
+            per_name = xo.weights_for(self.basis.names, len(parents), gen)
+            weights = [self.basis.spread(w) for w in per_name]
+            drawn: dict = {"weights": [xo.by_group(w) for w in per_name]}
         else:  # a linear merge, times its λ
-            lam = getattr(self.crossover.merge, "scale", 1.0)
-            weights = [w * lam for w in self.crossover.parent_weights(len(parents), gen)]
+            lam = getattr(xo.merge, "scale", 1.0)
+            w = xo.parent_weights(len(parents), gen)
+            weights, drawn = [x * lam for x in w], {"method": getattr(xo.merge, "method", None), "weights": w}
         c = sum(np.asarray(w, dtype=np.float64) * p.astype(np.float64) for w, p in zip(weights, parents))
         if self.mutation.scale:
             for name, r in self.mutation.draws(self.basis.svds[quality], gen).items():
                 b = self.basis.block(quality, name)
                 c[b.start : b.stop] += r.numpy()
-        return c.astype(np.float32)
+        return c.astype(np.float32), operator_params(drawn, self.mutation, quality)
 
     def solution(self, elite_id: int, child: np.ndarray) -> np.ndarray:
         return child

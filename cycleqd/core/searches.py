@@ -252,19 +252,21 @@ def drive(
     space: LayerCoefficients,
     scores: Callable[[list[tuple[Any, str]]], list[Result]],
     *,
-    on_round: Callable[[dict, np.ndarray], None] = lambda m, xs: None,
+    on_round: Callable[[dict, np.ndarray, list[Result]], None] = lambda m, xs, rs: None,
     before: Callable[[int], None] = lambda done: None,
 ) -> tuple[np.ndarray | None, Result | None, dict]:
     """Every search's loop: rounds of ask, evaluate on the optimisation split, tell, until
-    ``loop``'s budget is spent. ``on_round(metrics, xs)`` gets each round's metrics (with its
-    ``seconds``) after the tell, where a run logs, checkpoints and stops; ``before(done)``
+    ``loop``'s budget is spent. ``on_round(metrics, xs, results)`` gets each round's metrics
+    (with its ``seconds``), candidates and results after the tell, where a run records, logs,
+    checkpoints and stops; ``before(done)``
     runs before each round. Returns the best coefficients, their scores, and counts."""
     while not loop.finished:
         before(loop.done)
         t0 = time.perf_counter()
         xs = loop.ask()
-        m = loop.tell(xs, scores([(space.child(x), "opt") for x in xs]))
-        on_round({**m, "seconds": time.perf_counter() - t0}, xs)
+        results = scores([(space.child(x), "opt") for x in xs])
+        m = loop.tell(xs, results)
+        on_round({**m, "seconds": time.perf_counter() - t0}, xs, results)
     return loop.best_x, loop.best_result, loop.counts()
 
 
@@ -278,4 +280,4 @@ def run_search(
 ) -> tuple[np.ndarray | None, Result | None, dict]:
     """A fresh search of ``budget`` evaluations (:func:`drive`); ``on_batch`` gets each round's metrics."""
     loop = CoefficientSearch(search, space.dim, budget, seed)
-    return drive(loop, space, scores, on_round=lambda m, xs: on_batch(m))
+    return drive(loop, space, scores, on_round=lambda m, xs, rs: on_batch(m))

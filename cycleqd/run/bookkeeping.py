@@ -1,6 +1,6 @@
 """A run's bookkeeping: its clock, the best opt mean of any model so far, a metrics line per
-generation or round, when a checkpoint is committed, restore and commit, and the stop and
-failure policy.
+generation or round, a line per evaluated model (:mod:`cycleqd.run.record`), when a checkpoint
+is committed, restore and commit, and the stop and failure policy.
 
 A checkpoint names the elite files it needs with their checksums, and an elite file is
 deleted only after a checkpoint that no longer names it is committed, so a run killed at any
@@ -13,14 +13,16 @@ import contextlib
 import resource
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
 
 from cycleqd.core.evolve import Candidate, CycleQD
 from cycleqd.core.searches import CoefficientSearch
 from cycleqd.errors import ConfigError, RunInterrupted, TooManyFailures
 from cycleqd.progress import Progress
 from cycleqd.protocols import Failure, Result, mean_score, result_data, result_of
-from cycleqd.run import checkpoint
+from cycleqd.run import checkpoint, record
 from cycleqd.run.stopping import Stop
 from cycleqd.run.store import EliteStore
 
@@ -61,6 +63,7 @@ class Bookkeeping:
         self.t_start = time.perf_counter()
         self.best_opt_mean = float("-inf")  # the best mean opt score of any model evaluated so far
         self.bar: Progress | None = None
+        self.record = record.CandidateRecord(run_dir)
 
     @property
     def elapsed(self) -> float:
@@ -71,6 +74,40 @@ class Bookkeeping:
         for r in results:
             if not isinstance(r, Failure):
                 self.best_opt_mean = max(self.best_opt_mean, mean_score(r))
+
+    # -- the record of every evaluated model ---------------------------------------------------
+    def record_seeds(self, qd: CycleQD, vectors: Mapping[str, Any], results: Mapping[str, Result]) -> None:
+        """The experts' lines, after ``qd.seed`` gave them the first ids and evaluations."""
+        first = qd.evaluations - len(vectors)
+        self.record.append(
+            record.line(
+                first + j,
+                results[t],
+                id=first + j,
+                origin=f"expert:{t}",
+                archives=status,
+                genome=x if isinstance(x, np.ndarray) else None,
+            )
+            for j, ((t, x), status) in enumerate(zip(vectors.items(), qd.last_statuses))
+        )
+
+    def record_children(self, qd: CycleQD, candidates: Sequence[Candidate], results: Sequence[Result]) -> None:
+        """The lines of the children ``qd`` was just told."""
+        first = qd.evaluations - len(candidates)
+        self.record.append(
+            record.line(
+                first + j,
+                r,
+                id=c.id,
+                origin=f"child:{c.quality_task}",
+                generation=c.generation,
+                parents=c.parents,
+                operators=c.operators,
+                archives=status,
+                genome=c.vector if isinstance(c.vector, np.ndarray) else None,
+            )
+            for j, (c, r, status) in enumerate(zip(candidates, results, qd.last_statuses))
+        )
 
     # -- CycleQD's checkpoints ---------------------------------------------------------------
     def commit(self, qd: CycleQD, experts_opt: Mapping[str, Result]) -> None:
@@ -120,8 +157,9 @@ class Bookkeeping:
         results: list[Result],
         seconds: float,
     ) -> None:
-        """Log what was just told, commit a checkpoint when one is due, stop when asked to."""
+        """Record and log what was just told, commit a checkpoint when one is due, stop when asked to."""
         self.track_best(results)
+        self.record_children(qd, candidates, results)
         pool = self.evaluator
         limit = getattr(pool, "max_consecutive_failures", None)
         failures = [
@@ -178,9 +216,14 @@ class Bookkeeping:
             raise ConfigError("search", f"{e}; resume with the run's own settings") from None
         self._continue_clock(ckpt)
 
-    def after_round(self, loop: CoefficientSearch, metrics: dict, n: int) -> None:
-        """Log a comparison search's round and commit its checkpoint (kilobytes: the search's
-        state), so a resumed search continues with the same draws."""
+    def after_round(self, loop: CoefficientSearch, metrics: dict, xs: np.ndarray, results: Sequence[Result]) -> None:
+        """Record and log a comparison search's round and commit its checkpoint (kilobytes: the
+        search's state), so a resumed search continues with the same draws."""
+        first = loop.done - len(xs)
+        self.record.append(
+            record.line(first + j, r, id=first + j, origin=loop.search.name, coefficients=x)
+            for j, (x, r) in enumerate(zip(xs, results))
+        )
         self.logger.log(
             {
                 **{k: v for k, v in metrics.items() if k != "seconds"},
@@ -192,7 +235,7 @@ class Bookkeeping:
         )
         checkpoint.commit(self.run_dir, {"search": loop.state_dict(), "elapsed_s": self.elapsed}, {})
         if self.bar is not None:
-            self.bar.update(n)
+            self.bar.update(len(xs))
             self.bar.set_postfix(best=f"{loop.best_value:.3f}")
         self.check_stop(f"evaluation {loop.done} of {loop.budget}")
 

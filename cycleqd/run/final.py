@@ -12,12 +12,15 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from cycleqd.checks import matches, require
 from cycleqd.core.aggregation import AGGREGATIONS, CHOICES, aggregate_best
 from cycleqd.core.choice import choose_on_opt, opt_means
 from cycleqd.core.searches import CoefficientSearch, LayerCoefficients, Search, drive
 from cycleqd.progress import Progress
 from cycleqd.protocols import Failure, mean_score
+from cycleqd.run import record
 
 
 @dataclass(frozen=True)
@@ -89,8 +92,22 @@ def final_model(run: Any) -> tuple[Any, dict[str, Any]]:
     best = scales[0]
     if final.opt_evaluations:
         with Progress("final model: its scale on opt", len(scales), "evaluation") as progress:
-            opt = dict(zip(scales, run.scores([(operators.combine([merged], [s]), "opt") for s in scales])))
+            scaled = [operators.combine([merged], [s]) for s in scales]
+            opt = dict(zip(scales, run.scores([(x, "opt") for x in scaled])))
             progress.update(len(scales))
+        # Its opt evaluations join the record after the loop's (a resume reruns this phase and drops them first).
+        run.books.record.append(
+            record.line(
+                run.qd.evaluations + j,
+                opt[s],
+                id=run.qd.next_id + j,
+                origin="final:merge",
+                parents=[p.id for p in picks],
+                operators={"merge": {"method": final.method, "weights": list(weights), "scale": s}},
+                genome=x if isinstance(x, np.ndarray) else None,
+            )
+            for j, (s, x) in enumerate(zip(scales, scaled))
+        )
         best = choose_on_opt(opt, prefer=lambda s: -abs(s - 1.0))  # a tie: the scale nearer the plain merge
         best = scales[0] if best is None else best
         info["opt_mean"] = opt_means(opt)
@@ -131,8 +148,20 @@ def refine(run: Any, model: Any, opt_mean: float | None, info: dict[str, Any]) -
     rounds = itertools.count()
     with Progress("final model: refinement on opt", final.refine, "evaluation") as progress:
 
-        def after_round(m: dict, xs: Any) -> None:
+        def after_round(m: dict, xs: Any, results: Any) -> None:
             progress.update(m["evaluations"] - progress.done)
+            first = evaluations_before + m["evaluations"] - len(xs)
+            run.books.record.append(
+                record.line(
+                    first + j,
+                    r,
+                    id=run.qd.next_id + len(scale_means) + m["evaluations"] - len(xs) + j,
+                    origin="final:refine",
+                    genome=g if isinstance(g := space.child(x), np.ndarray) else None,
+                    coefficients=x,
+                )
+                for j, (x, r) in enumerate(zip(xs, results))
+            )
             k = next(rounds)
             # Lines keyed after the last generation, so a resume (which reruns the final phase) drops them.
             run.logger.log({

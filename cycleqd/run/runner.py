@@ -114,6 +114,7 @@ class Run:
         for line in self.range_warnings():
             log.warning("descriptor range: %s", line)
         ids = self.qd.seed(self.seeds, self.experts_opt)
+        self.books.record_seeds(self.qd, self.seeds, self.experts_opt)
         if not ids:
             reasons = "; ".join(f"{t}: {r}" for t, r in self.experts_opt.items())
             raise EvaluationFailed(f"no expert could be evaluated, so the archives cannot be seeded ({reasons})")
@@ -158,12 +159,13 @@ class Run:
             self.books.restore_search(loop, ckpt)
             log.info("resuming %s from evaluation %d", self.run_dir, loop.done)
         self.logger.truncate(loop.done)  # its lines are keyed by evaluations - 1
+        self.books.record.truncate(loop.done)
         with self.books.searching(search.name, loop):
             best_x, best_result, counts = drive(
                 loop,
                 space,
                 self.scores,
-                on_round=lambda m, xs: self.books.after_round(loop, m, len(xs)),
+                on_round=lambda m, xs, rs: self.books.after_round(loop, m, xs, rs),
                 before=lambda done: fault_point(f"evaluation {done}"),
             )
         if best_x is None or isinstance(best_result, Failure):
@@ -348,8 +350,10 @@ def _phases(r: Run, run_dir: Path, cfg: DictConfig, ckpt: checkpoint.Checkpoint 
         r.restore(ckpt)
         r.store.collect(r.qd.archives.alive_ids())  # files written after the checkpoint
         r.logger.truncate(ckpt.generation)
+        r.books.record.truncate(r.qd.evaluations)
     else:
         r.logger.truncate(0)
+        r.books.record.truncate(0)
         r.store.collect(())  # elites of an attempt killed before its first checkpoint
         r.seed_archives()
         r.commit()

@@ -94,7 +94,11 @@ def test_drive_resumed_from_a_round_ends_where_an_uninterrupted_search_ends():
     whole = CoefficientSearch(Search(name="cmaes"), 6, 40, seed=1)
     rounds, before = [], []
     x, result, counts = drive(
-        whole, _Identity(), _Quadratic(target), on_round=lambda m, xs: rounds.append((m, len(xs))), before=before.append
+        whole,
+        _Identity(),
+        _Quadratic(target),
+        on_round=lambda m, xs, rs: rounds.append((m, len(xs))),
+        before=before.append,
     )
     assert before == [0, 9, 18, 27, 36] and [n for _, n in rounds] == [9, 9, 9, 9, 4]  # 4 + ⌊3 ln 6⌋ = 9 a round
     assert all(m["seconds"] >= 0 for m, _ in rounds) and counts["evaluations"] == 40
@@ -102,7 +106,7 @@ def test_drive_resumed_from_a_round_ends_where_an_uninterrupted_search_ends():
     first = CoefficientSearch(Search(name="cmaes"), 6, 40, seed=1)
     state = {}
 
-    def stop_after_two(m, xs):
+    def stop_after_two(m, xs, rs):
         if first.rounds == 2:
             state.update(first.state_dict())
             raise KeyboardInterrupt

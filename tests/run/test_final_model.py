@@ -82,12 +82,18 @@ def _refine(
 
     run = SimpleNamespace(
         c=SimpleNamespace(final=final), names=list(REFINE_EXPERTS), experts=REFINE_EXPERTS, basis=None, cfg=SimpleNamespace(seed=0),
-        scores=scores, check_stop=lambda: None, qd=SimpleNamespace(generation=7, evaluations=30),
-        books=SimpleNamespace(best_opt_mean=0.05, elapsed=1.0), logger=SimpleNamespace(log=(log if log is not None else []).append),
+        scores=scores, check_stop=lambda: None, qd=SimpleNamespace(generation=7, evaluations=30, next_id=40),
+        books=SimpleNamespace(best_opt_mean=0.05, elapsed=1.0, record=SimpleNamespace(append=lambda ls: recorded.extend(ls))),
+        logger=SimpleNamespace(log=(log if log is not None else []).append),
     )  # fmt: skip
+    recorded: list[dict] = []
     info = {} if info is None else info
+    first = 30 + len(info.get("opt_mean", {}))  # after the loop's 30 evaluations and the merge's scales
     out = refine(run, model, before, info)
     assert len(evaluated) == final.refine and {split for _, split in evaluated} <= {"opt"}
+    # each refinement candidate is recorded, with its coefficients
+    assert [x["evaluation"] for x in recorded] == list(range(first, first + final.refine))
+    assert all(x["origin"] == "final:refine" and "coefficients" in x for x in recorded)
     return out, info, scores([(out, "opt")])[0]
 
 
