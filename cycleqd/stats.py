@@ -1,4 +1,5 @@
-"""Paired bootstrap intervals of differences in test mean.
+"""Paired bootstrap intervals of differences in test mean: over the test prompts, and over
+builds of the models, search seeds and prompts.
 
 A run's *test mean* is the mean over tasks of each task's mean over its test items. Two
 models scored on the same items differ by ``mean_t mean_i (a_ti − b_ti)``; its sampling
@@ -6,6 +7,10 @@ uncertainty comes from which prompts were drawn, so a bootstrap replicate redraw
 task's items with replacement (stratified by task) and recomputes the difference on the
 same redrawn items for both models (paired). Over several runs (seeds) that share their
 test items, one redraw is applied to every run and the replicate is the mean over runs.
+
+Across builds of the models (:func:`hierarchical_bootstrap`), a replicate redraws the builds,
+then each drawn build's seeds, then the prompts: the spread between builds, which no number of
+seeds or prompts on one build shows, widens the interval as it should.
 """
 
 from __future__ import annotations
@@ -80,4 +85,68 @@ def compare_to(reference: str, items: Mapping[str, Items], **kw) -> dict[str, di
     ref = items[reference]
     return {
         label: paired_bootstrap([differences(ref, other)], **kw) for label, other in items.items() if label != reference
+    }
+
+
+def hierarchical_bootstrap(
+    builds: Sequence[Sequence[Mapping[str, np.ndarray]]],
+    *,
+    resamples: int = RESAMPLES,
+    level: float = LEVEL,
+    seed: int = 0,
+) -> dict:
+    """The mean test-mean difference over builds of the models and search seeds, with an
+    interval that counts all three sources of variation.
+
+    A finding on one build of the experts may not hold on another, and one search seed is one
+    draw of the search's randomness. A replicate therefore redraws, with replacement, the
+    builds, then each drawn build's runs (its seeds), then each task's test items (one redraw
+    for every run: they share the items), and takes the mean over the drawn builds of the mean
+    over their drawn runs. The point estimate weighs every build equally.
+
+    Args:
+        builds: One sequence per build of the runs' per-item differences (task → array, as
+            :func:`differences`), one mapping per seed; every run has the same tasks and items.
+        resamples: Bootstrap replicates.
+        level: Coverage of the interval.
+        seed: Seed of the redraws.
+
+    Returns:
+        ``{"diff", "ci", "level", "resamples", "items", "builds", "runs"}``; ``runs`` counts
+        the seeds of each build.
+    """
+    builds = [list(b) for b in builds]
+    if not builds or any(not b for b in builds):
+        raise ValueError("every build needs at least one run to compare")
+    runs = [d for b in builds for d in b]
+    tasks = sorted(runs[0])
+    for d in runs[1:]:
+        if sorted(d) != tasks or any(len(d[t]) != len(runs[0][t]) for t in tasks):
+            raise ValueError("the runs were not scored on the same test items")
+    owner = np.repeat(np.arange(len(builds)), [len(b) for b in builds])  # run → its build
+    starts = np.concatenate([[0], np.cumsum([len(b) for b in builds])[:-1]])
+    sizes = np.array([len(b) for b in builds])
+    run_means = np.mean([[d[t].mean() for t in tasks] for d in runs], axis=1)
+    point = float(np.mean([run_means[owner == j].mean() for j in range(len(builds))]))
+    rng = np.random.default_rng(seed)
+    stacked = {t: np.stack([d[t] for d in runs]) for t in tasks}  # runs × items
+    reps = np.empty(resamples)
+    for r in range(resamples):
+        # every run's test mean on this replicate's redrawn items
+        means = np.mean(
+            [stacked[t][:, rng.integers(0, stacked[t].shape[1], stacked[t].shape[1])].mean(axis=1) for t in tasks],
+            axis=0,
+        )
+        drawn = rng.integers(0, len(builds), len(builds))
+        reps[r] = np.mean([means[starts[j] + rng.integers(0, sizes[j], sizes[j])].mean() for j in drawn])
+    tail = (1 - level) / 2
+    low, high = np.quantile(reps, [tail, 1 - tail])
+    return {
+        "diff": point,
+        "ci": [float(low), float(high)],
+        "level": level,
+        "resamples": resamples,
+        "items": {t: int(stacked[t].shape[1]) for t in tasks},
+        "builds": len(builds),
+        "runs": [len(b) for b in builds],
     }

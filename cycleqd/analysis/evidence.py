@@ -1,11 +1,14 @@
-"""``cycleqd evidence ROOT... --reference search=cycleqd``: methods compared over seeds.
+"""``cycleqd evidence ROOT... --reference search=cycleqd``: methods compared over builds and seeds.
 
-A *method* is what a run's Hydra overrides say, the seed and the overrides every run shares
-left out (``search=cmaes``, ``+ablation=no_mutation``). For each method: its final model's
-test mean over the seeds (mean ± sd), its difference to the reference method with a 95%
-paired bootstrap interval (the runs of one seed paired, their test items redrawn together),
-its opt-split evaluations and wall time. The reference runs' static merges and best expert
-are rows too. A plot shows each method's best mean opt score against evaluations.
+A *method* is what a run's Hydra overrides say, the build, the seed and the overrides every
+run shares left out (``search=cmaes``, ``+ablation=no_mutation``). For each method: its final
+model's test mean over its runs (mean ± sd), its difference to the reference method with a
+95% bootstrap interval, its opt-split evaluations and wall time. The runs of one build and
+seed are paired; over one build the interval redraws the test items (the runs' items
+together), over several it redraws the builds, then each build's seeds, then the items
+(:func:`cycleqd.stats.hierarchical_bootstrap`), since a finding on one build of the models
+may not hold on another. The reference runs' static merges and best expert are rows too. A
+plot shows each method's best mean opt score against evaluations.
 """
 
 from __future__ import annotations
@@ -23,16 +26,16 @@ from cycleqd.analysis.compare import find_runs
 from cycleqd.errors import ConfigError
 from cycleqd.fileio import read_json, write_bytes
 from cycleqd.protocols import mean_score
-from cycleqd.stats import differences, paired_bootstrap
+from cycleqd.stats import differences, hierarchical_bootstrap, paired_bootstrap
 from cycleqd.tables import format_table
 
 
 @dataclass
 class Method:
-    """The runs of one method, by seed."""
+    """The runs of one method, by (build, seed)."""
 
     label: str
-    runs: dict[int, Path] = field(default_factory=dict)
+    runs: dict[tuple[int, int], Path] = field(default_factory=dict)
 
 
 def _overrides(run: Path) -> list[str]:
@@ -45,16 +48,21 @@ def methods(roots: list[Path]) -> dict[str, Method]:
     runs = [r for root in roots for r in find_runs(Path(root))]
     if not runs:
         raise FileNotFoundError(f"no finished runs under {[str(r) for r in roots]}")
-    overrides = {r: [o for o in _overrides(r) if not o.startswith(("seed=", "quiet=", "hydra."))] for r in runs}
+    overrides = {
+        r: [o for o in _overrides(r) if not o.startswith(("seed=", "build=", "quiet=", "hydra."))] for r in runs
+    }
     shared = set.intersection(*(set(o) for o in overrides.values()))
     out: dict[str, Method] = {}
     for r in runs:
         label = " ".join(o for o in overrides[r] if o not in shared) or "(default)"
-        seed = int(OmegaConf.load(r / ".hydra" / "config.yaml").seed)
+        cfg = OmegaConf.load(r / ".hydra" / "config.yaml")
+        key = (int(cfg.get("build", 0)), int(cfg.seed))  # a run from before builds: build 0
         m = out.setdefault(label, Method(label))
-        if seed in m.runs:
-            raise ConfigError("seed", f"two runs of {label!r} with seed {seed}: {m.runs[seed]} and {r}")
-        m.runs[seed] = r
+        if key in m.runs:
+            raise ConfigError(
+                "seed", f"two runs of {label!r} with build {key[0]}, seed {key[1]}: {m.runs[key]} and {r}"
+            )
+        m.runs[key] = r
     return out
 
 
@@ -62,10 +70,11 @@ def _test_mean(scores: dict[str, float]) -> float:
     return 100 * mean_score(scores)
 
 
-def _row(label: str, means: list[float], diff: dict | None, evaluations: Any, wall: Any) -> dict:
+def _row(label: str, means: list[float], diff: dict | None, evaluations: Any, wall: Any, builds: int = 1) -> dict:
     sd = float(np.std(means, ddof=1)) if len(means) > 1 else 0.0
     return {
         "method": label,
+        "builds": builds,
         "seeds": len(means),
         "test_mean": float(np.mean(means)),
         "sd": sd,
@@ -88,14 +97,16 @@ def table(roots: list[Path], reference: str) -> list[dict]:
         label: {s: read_json(p / "test_items.json", "test items") for s, p in m.runs.items()} for label, m in ms.items()
     }
 
-    def versus(model_items: dict[int, dict], key: str) -> dict | None:
-        seeds = sorted(set(model_items) & set(ref.runs))
-        pairs = [
-            differences(model_items[s][key], items[reference][s]["final"])
-            for s in seeds
-            if key in model_items[s] and "final" in items[reference][s]
-        ]
-        return paired_bootstrap(pairs) if pairs and len(pairs) == len(seeds) else None
+    def versus(model_items: dict[tuple[int, int], dict], key: str) -> dict | None:
+        common = sorted(set(model_items) & set(ref.runs))
+        if not common or any(key not in model_items[k] or "final" not in items[reference][k] for k in common):
+            return None
+        by_build: dict[int, list] = {}
+        for k in common:
+            by_build.setdefault(k[0], []).append(differences(model_items[k][key], items[reference][k]["final"]))
+        if len(by_build) == 1:
+            return paired_bootstrap(next(iter(by_build.values())))
+        return hierarchical_bootstrap(list(by_build.values()))
 
     rows = []
     for label in [reference, *sorted(set(ms) - {reference})]:
@@ -108,6 +119,7 @@ def table(roots: list[Path], reference: str) -> list[dict]:
                 diff,
                 int(np.mean([s.get("opt_evaluations", s["evaluations"]) for s in ss.values()])),
                 float(np.mean([s["wall_time_s"] for s in ss.values()])),
+                builds=len({b for b, _ in ss}),
             )
         )
     ss = summaries[reference]
@@ -123,6 +135,7 @@ def table(roots: list[Path], reference: str) -> list[dict]:
                 versus(items[reference], f"expert:{best}"),
                 None,
                 None,
+                builds=len({k for k, _ in ss}),
             )
         )
     for b in first["baselines"]:
@@ -133,6 +146,7 @@ def table(roots: list[Path], reference: str) -> list[dict]:
                 versus(items[reference], f"baseline:{b}"),
                 None,
                 None,
+                builds=len({k for k, _ in ss}),
             )
         )
     return rows
@@ -145,6 +159,7 @@ def format_rows(rows: list[dict], reference: str) -> str:
         cells.append(
             [
                 r["method"][:44],
+                str(r.get("builds", 1)),
                 str(r["seeds"]),
                 f"{r['test_mean']:10.1f} ± {r['sd']:4.1f}",
                 f"{100 * d['diff']:+.1f} [{100 * d['ci'][0]:+.1f}, {100 * d['ci'][1]:+.1f}]" if d else "—",
@@ -152,12 +167,15 @@ def format_rows(rows: list[dict], reference: str) -> str:
                 f"{r['wall_s']:.0f}" if r["wall_s"] is not None else "—",
             ]
         )
-    header = ["method", "seeds", "test mean ± sd", "− reference [95% CI]", "opt evals", "wall s"]
-    lines = format_table(header, cells, align="<>>>>>", widths=[44, 6, 17, 37, 10, 8], rule=True)
+    header = ["method", "builds", "runs", "test mean ± sd", "− reference [95% CI]", "opt evals", "wall s"]
+    lines = format_table(header, cells, align="<>>>>>>", widths=[44, 6, 5, 17, 37, 10, 8], rule=True)
     lines.append(
-        f"(test split, points; reference: {reference}; differences paired by seed, their intervals redrawn over the"
+        f"(test split, points; reference: {reference}; differences paired by build and seed, their intervals redrawn"
     )
-    lines.append(" test prompts; the static merges and the expert are those of the reference's runs)")
+    lines.append(
+        " over builds, then seeds, then test prompts (one build: prompts); the static merges and the expert are"
+    )
+    lines.append(" those of the reference's runs)")
     return "\n".join(lines)
 
 

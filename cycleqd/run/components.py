@@ -27,6 +27,7 @@ from cycleqd.run.moved import fill_targets, upgrade_targets
 SETTINGS: dict[str, Any] = {
     "experiment_name": str,
     "seed": int,
+    "build": int,
     "generations": int,
     "children_per_generation": int,
     "checkpoint_every": int,
@@ -53,6 +54,7 @@ GROUPS = (
 )
 MINIMUM = {
     "seed": 0,
+    "build": 0,
     "generations": 1,
     "children_per_generation": 1,
     "checkpoint_every": 0,

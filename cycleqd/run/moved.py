@@ -125,6 +125,8 @@ _ADDED = {
     "final": {"choice": "opt", "refine": 0, "refine_sigma0": 0.1},
     "model": {"cache_dir": None},
 }
+# Top-level settings added since; a config written before them meant these values.
+_ADDED_SETTINGS = {"build": 0}
 
 
 def fill_targets(cfg: Any) -> None:
@@ -141,6 +143,10 @@ def fill_targets(cfg: Any) -> None:
                 if k not in node:
                     node[k] = v
 
+    with open_dict(cfg):
+        for key, value in _ADDED_SETTINGS.items():
+            if key not in cfg:
+                cfg[key] = value
     for group, target in _GROUP_TARGETS.items():
         fill(cfg.get(group), target, _ADDED.get(group))
     for group, by_kind in _KIND_TARGETS.items():

@@ -144,3 +144,41 @@ def test_expert_weights_place_every_elite_of_a_genome_run(lively_genome_run: Pat
     assert len(children) and children["weight_sum"].max() > 1.2  # the SVD mutation (scale 1 here) only adds
     with pytest.raises(ValueError, match="genome=true"):
         load_run(lively_run).expert_weights()
+
+
+def _fake_run(d: Path, overrides: list[str], build: int, seed: int, items: dict) -> None:
+    """A finished run directory as the evidence reads it: its Hydra files, summary and test items."""
+    (d / ".hydra").mkdir(parents=True)
+    (d / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (d / ".hydra" / "config.yaml").write_text(f"seed: {seed}\nbuild: {build}\n")
+    final = {t: float(np.mean(v)) for t, v in items["final"].items()}
+    summary = {"final": final, "evaluations": 9, "opt_evaluations": 9, "wall_time_s": 1.0, "baselines": {}}
+    (d / "summary.json").write_text(json.dumps(summary))
+    (d / "test_items.json").write_text(json.dumps(items))
+
+
+def test_evidence_pairs_methods_within_a_build_and_redraws_builds_then_seeds(tmp_path: Path):
+    """Two methods, three builds × two seeds: the difference is the mean over builds of the mean
+    over their seeds of the paired difference, its interval the hierarchical bootstrap's."""
+    from cycleqd.analysis.evidence import format_rows, table
+    from cycleqd.stats import differences, hierarchical_bootstrap
+
+    rng = np.random.default_rng(3)
+    per_build = {}
+    for build in range(3):
+        shift = [0.3, -0.1, 0.1][build]  # the method's lead differs by build
+        for seed in range(2):
+            ref = {"a": rng.uniform(0, 1, 40).round(2).tolist(), "b": rng.uniform(0, 1, 30).round(2).tolist()}
+            other = {t: [x + shift for x in v] for t, v in ref.items()}
+            _fake_run(tmp_path / f"r{build}{seed}", ["search=cycleqd", f"build={build}"], build, seed, {"final": ref})
+            _fake_run(tmp_path / f"o{build}{seed}", ["search=cmaes", f"build={build}"], build, seed, {"final": other})
+            per_build.setdefault(build, []).append(differences(other, ref))
+    rows = {r["method"]: r for r in table([tmp_path], "search=cycleqd")}
+    assert set(rows) == {"search=cycleqd", "search=cmaes"}  # build= is not part of a method
+    d = rows["search=cmaes"]["diff"]
+    assert d["diff"] == pytest.approx(0.1) and d["builds"] == 3 and d["runs"] == [2, 2, 2]
+    assert d["ci"] == hierarchical_bootstrap(list(per_build.values()))["ci"]
+    assert d["ci"][0] < 0 < d["ci"][1]  # one build says +30, another −10: no claim
+    assert rows["search=cmaes"]["builds"] == 3 and rows["search=cmaes"]["seeds"] == 6
+    text = format_rows(list(rows.values()), "search=cycleqd")
+    assert "builds, then seeds, then test prompts" in text

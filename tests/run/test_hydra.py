@@ -68,8 +68,8 @@ def test_every_option_composes_and_instantiates(tmp_path: Path, group: str, opti
 
 
 def test_a_config_from_before_the_registry_still_builds():
-    """A run directory's config written when these groups had no ``_target_`` (and the final
-    step no refinement) builds the same components."""
+    """A run directory's config written when these groups had no ``_target_`` (the final step
+    no refinement, the models no build setting) builds the same components."""
     from omegaconf import OmegaConf
 
     from cycleqd.run.components import build
@@ -81,6 +81,8 @@ def test_a_config_from_before_the_registry_still_builds():
     for name in old["baselines"]:
         del old["baselines"][name]["_target_"]
     del old["final"]["refine"], old["final"]["refine_sigma0"]
+    del old["build"]
+    old["model"]["pretrain"]["seed"] = old["experts"]["recipe"]["training"]["seed"] = 0
     old = OmegaConf.create(old)
     a, b = build(cfg), build(old)
     assert (a.final, a.baselines, a.model, a.experts) == (b.final, b.baselines, b.model, b.experts)
@@ -348,6 +350,18 @@ def test_paper_config_composes_and_validates(tmp_path: Path):
     (tmp_path / "os" / "config.json").write_text(json.dumps(bad))
     with pytest.raises(ConfigError, match="experts.paths.os: hidden_size=2048"):
         build(_compose(*overrides))
+
+
+def test_a_build_seeds_the_models_pretraining_and_fine_tunes():
+    """``build`` is the seed of what the cache keys the models by (their recipes), for the
+    embedded models and SmolLM2's experts alike; the search's own seed stays apart."""
+    from cycleqd.run.components import build
+
+    zero, one = build(_compose()), build(_compose("build=1", "seed=5"))
+    assert (zero.model.pretrain.seed, zero.experts.recipe.training.seed) == (0, 0)
+    assert (one.model.pretrain.seed, one.experts.recipe.training.seed) == (1, 1)
+    assert zero.model.pretrain != one.model.pretrain and zero.experts.recipe != one.experts.recipe
+    assert _compose("experiment=smollm2", "build=2").experts.recipe.training.seed == 2
 
 
 def test_the_reference_code_s_setup_switches_every_departure(tmp_path: Path):
