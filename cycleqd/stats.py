@@ -68,16 +68,14 @@ def paired_bootstrap(
         idx = rng.integers(0, n, size=(resamples, n))
         reps += stacked[:, idx].mean(axis=2).mean(axis=0)  # mean over items, then over runs
     reps /= len(tasks)
+    return {**_interval(point, reps, level, {t: int(len(diffs[0][t])) for t in tasks}), "runs": len(diffs)}
+
+
+def _interval(point: float, reps: np.ndarray, level: float, items: dict[str, int]) -> dict:
+    """A point estimate with the percentile interval of its bootstrap replicates."""
     tail = (1 - level) / 2
     low, high = np.quantile(reps, [tail, 1 - tail])
-    return {
-        "diff": point,
-        "ci": [float(low), float(high)],
-        "level": level,
-        "resamples": resamples,
-        "items": {t: int(len(diffs[0][t])) for t in tasks},
-        "runs": len(diffs),
-    }
+    return {"diff": point, "ci": [float(low), float(high)], "level": level, "resamples": len(reps), "items": items}
 
 
 def compare_to(reference: str, items: Mapping[str, Items], **kw) -> dict[str, dict]:
@@ -139,14 +137,5 @@ def hierarchical_bootstrap(
         )
         drawn = rng.integers(0, len(builds), len(builds))
         reps[r] = np.mean([means[starts[j] + rng.integers(0, sizes[j], sizes[j])].mean() for j in drawn])
-    tail = (1 - level) / 2
-    low, high = np.quantile(reps, [tail, 1 - tail])
-    return {
-        "diff": point,
-        "ci": [float(low), float(high)],
-        "level": level,
-        "resamples": resamples,
-        "items": {t: int(stacked[t].shape[1]) for t in tasks},
-        "builds": len(builds),
-        "runs": [len(b) for b in builds],
-    }
+    items = {t: int(stacked[t].shape[1]) for t in tasks}
+    return {**_interval(point, reps, level, items), "builds": len(builds), "runs": [len(b) for b in builds]}
