@@ -24,6 +24,7 @@ def load_candidates(run_dir: str | Path) -> Any:
     import pandas as pd
 
     lines, notes = record.read(run_dir)
+    numbers = record.vectors(run_dir)
     tasks = list(dict.fromkeys(t for x in lines for t in (x.get("scores") or {})))
     rows = []
     for x in lines:
@@ -39,7 +40,7 @@ def load_candidates(run_dir: str | Path) -> Any:
                 **{f"score_{t}": float(scores.get(t, np.nan)) for t in tasks},
                 "failure": x.get("failure"),
                 "archives": tuple(x.get("archives", ())),
-                "genome": record.genome_of(run_dir, x),
+                "genome": record.genome_of(numbers, x),
                 "coefficients": np.array(x["coefficients"], dtype=np.float64) if "coefficients" in x else None,
             }
         )

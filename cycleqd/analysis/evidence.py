@@ -123,6 +123,7 @@ def table(roots: list[Path], reference: str) -> list[dict]:
             )
         )
     ss = summaries[reference]
+    ref_builds = len({b for b, _ in ss})
     first = next(iter(ss.values()))
     # the best expert chosen on the opt split, as every choice is (a comparison search does
     # not score the experts on opt: with one as the reference, there is no such row)
@@ -135,7 +136,7 @@ def table(roots: list[Path], reference: str) -> list[dict]:
                 versus(items[reference], f"expert:{best}"),
                 None,
                 None,
-                builds=len({k for k, _ in ss}),
+                builds=ref_builds,
             )
         )
     for b in first["baselines"]:
@@ -146,7 +147,7 @@ def table(roots: list[Path], reference: str) -> list[dict]:
                 versus(items[reference], f"baseline:{b}"),
                 None,
                 None,
-                builds=len({k for k, _ in ss}),
+                builds=ref_builds,
             )
         )
     return rows

@@ -130,16 +130,21 @@ class CandidateRecord:
             os.fsync(f.fileno())
 
 
-def genome_of(run_dir: str | Path, entry: Mapping[str, Any]) -> np.ndarray | None:
-    """The genome a line names, read from the vectors file (None: the line holds none, or the
-    file ends before it)."""
-    at = entry.get("genome")
+def vectors(run_dir: str | Path) -> np.ndarray:
+    """The vectors file's numbers, mapped once (empty where there is none)."""
     path = Path(run_dir) / VECTORS
-    if not isinstance(at, Mapping) or not path.is_file():
+    if not path.is_file() or path.stat().st_size < _F32.itemsize:
+        return np.zeros(0, dtype=_F32)
+    return np.memmap(path, dtype=_F32, mode="r")
+
+
+def genome_of(numbers: np.ndarray, entry: Mapping[str, Any]) -> np.ndarray | None:
+    """The genome a line names, from :func:`vectors` (None: the line holds none, or the file
+    ends before it)."""
+    at = entry.get("genome")
+    if not isinstance(at, Mapping) or len(numbers) < at["at"] + at["n"]:
         return None
-    if path.stat().st_size < (at["at"] + at["n"]) * _F32.itemsize:
-        return None
-    return np.fromfile(path, dtype=_F32, count=at["n"], offset=at["at"] * _F32.itemsize)
+    return np.array(numbers[at["at"] : at["at"] + at["n"]])
 
 
 def read(run_dir: str | Path) -> tuple[list[dict[str, Any]], list[str]]:

@@ -108,6 +108,6 @@ def test_a_resume_keeps_the_lines_and_genomes_of_the_checkpoint_s_evaluations(tm
     lines, notes = record.read(tmp_path)
     assert [x["evaluation"] for x in lines] == [0, 1] and notes == []
     assert rec.vectors.stat().st_size == 8 * 4  # the third genome went with its line
-    assert all(np.array_equal(record.genome_of(tmp_path, x), g) for x, g in zip(lines, genomes))
+    assert all(np.array_equal(record.genome_of(record.vectors(tmp_path), x), g) for x, g in zip(lines, genomes))
     rec.append([record.line(2, {"a": 0.7}, id=2, origin="x", genome=genomes[2])])
     assert record.read(tmp_path)[0][-1]["genome"] == {"at": 8, "n": 4}
