@@ -79,7 +79,12 @@ class MergeCrossover:
         return [{n: float(w[i, col[key(n)]]) for n in names} for i in range(n_parents)]
 
     def __call__(self, parents: Sequence[TaskVector], gen: torch.Generator) -> TaskVector:
-        return linear_combination(parents, self.weights(parents, gen))
+        return self.mix(parents, gen)[0]
+
+    def mix(self, parents: Sequence[TaskVector], gen: torch.Generator) -> tuple[TaskVector, dict]:
+        """The child and what was drawn for it: each parent's weight per group (:meth:`by_group`)."""
+        w = self.weights(parents, gen)
+        return linear_combination(parents, w), {"weights": [self.by_group(x) for x in w]}
 
     def by_group(self, weights: dict[str, float]) -> dict[str, float]:
         """One parent's per-parameter weights (from :meth:`weights`) as the groups they were
@@ -116,4 +121,9 @@ class MethodCrossover:
         return (w / w.sum()).tolist()
 
     def __call__(self, parents: Sequence[TaskVector], gen: torch.Generator) -> TaskVector:
-        return self.merge(parents, self.parent_weights(len(parents), gen), gen)
+        return self.mix(parents, gen)[0]
+
+    def mix(self, parents: Sequence[TaskVector], gen: torch.Generator) -> tuple[TaskVector, dict]:
+        """The child and what was drawn for it: the merge method and each parent's weight."""
+        w = self.parent_weights(len(parents), gen)
+        return self.merge(parents, w, gen), {"method": getattr(self.merge, "method", None), "weights": w}

@@ -77,15 +77,8 @@ class DenseOperators:
 
     def breed(self, parents: Sequence[TaskVector], quality: str, gen: torch.Generator) -> tuple[TaskVector, dict]:
         """The child and the parameters its operators drew (each operator's own draws, in its order)."""
-        xo = self.crossover
-        if isinstance(xo, MergeCrossover):
-            w = xo.weights(parents, gen)
-            mixed, drawn = linear_combination(parents, w), {"weights": [xo.by_group(x) for x in w]}
-        elif isinstance(xo, MethodCrossover):
-            w = xo.parent_weights(len(parents), gen)
-            mixed, drawn = xo.merge(parents, w, gen), {"method": getattr(xo.merge, "method", None), "weights": w}
-        else:  # a crossover of one's own: its draws are its own
-            mixed, drawn = xo(parents, gen), {}
+        mix = getattr(self.crossover, "mix", None)  # a crossover of one's own may keep its draws to itself
+        mixed, drawn = mix(parents, gen) if callable(mix) else (self.crossover(parents, gen), {})
         child = self.mutation(mixed, self.svds[quality], gen)
         return child, operator_params(drawn, self.mutation, quality)
 
