@@ -91,6 +91,8 @@ def upgrade_targets(node: Any, key: str = "") -> None:
     for k, child in items:
         where = f"{key}.{k}" if key else k
         if k == "_target_" and isinstance(node, DictConfig) and not child._is_interpolation():
+            if child._is_missing():
+                continue  # left ???: named where the component is built
             old = node[k]
             new = new_path(old) if isinstance(old, str) else old
             if new != old:
