@@ -179,14 +179,21 @@ def _compare(sweep_dir: str, csv_path: str | None, by: str | None = None) -> Non
 
 
 def _evidence(args) -> None:
-    from cycleqd.analysis.evidence import format_rows, plot, table
+    from cycleqd.analysis.evidence import format_rows, methods, plot, table
+    from cycleqd.analysis.worth import format_table_rows as format_worth
+    from cycleqd.analysis.worth import table as worth_table
     from cycleqd.fileio import write_json
 
     roots = [Path(r) for r in args.roots]
     rows = table(roots, args.reference)
     print(format_rows(rows, args.reference))
+    pools = None
+    if any((run / "front.json").is_file() for m in methods(roots).values() for run in m.runs.values()):
+        pools = worth_table(roots, args.reference, n=args.weightings, seed=args.weightings_seed)
+        print("\nWhat each pool is worth to users who pick their own model (runs with final.front=true):")
+        print(format_worth(pools, args.reference))
     if args.json:
-        write_json(args.json, rows)
+        write_json(args.json, rows if pools is None else {"final": rows, "pools": pools})
     if args.plot:
         print(f"\nwritten: {plot(roots, Path(args.plot))}")
 
@@ -290,6 +297,10 @@ def _parser(cmd: str, rest: list[str]) -> argparse.Namespace:
         )
         parser.add_argument("--plot", default=None, help="write the best-score-against-evaluations plot here (PNG)")
         parser.add_argument("--json", default=None, help="write the table as JSON here")
+        parser.add_argument(
+            "--weightings", type=int, default=32, help="Dirichlet(1) task weightings of the preference table"
+        )
+        parser.add_argument("--weightings-seed", type=int, default=0, help="their seed")
     elif cmd == "select":
         parser.add_argument("--strategy", default="best", help="best | pareto | topk | final | cell")
         parser.add_argument("--k", type=int, default=5, help="how many, for topk")

@@ -7,16 +7,15 @@ STRATEGIES = ("best", "pareto", "topk", "final", "cell")
 
 
 def pareto_front(scores) -> list[int]:
-    """Row positions of the non-dominated rows of ``scores`` ``(n, K)`` (higher is better)."""
+    """Row positions of the non-dominated rows of ``scores`` ``(n, K)`` (higher is better),
+    equal rows all kept (each is an elite of its own)."""
+    import moocore
     import numpy as np
 
     s = np.asarray(scores, dtype=float)
-    keep = []
-    for i in range(len(s)):
-        dominated = np.any(np.all(s >= s[i], axis=1) & np.any(s > s[i], axis=1))
-        if not dominated:
-            keep.append(i)
-    return keep
+    if len(s) == 0:
+        return []
+    return [int(i) for i in np.flatnonzero(moocore.is_nondominated(s, maximise=True, keep_weakly=True))]
 
 
 def select_elites(run, strategy: str, *, k: int = 5, archive: str | None = None, cell: tuple[int, ...] | None = None):

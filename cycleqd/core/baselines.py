@@ -134,13 +134,7 @@ def _one(
     name: str, spec: BaselineSpec, experts, scores: Callable, seed: int, out: dict, chosen: dict, failed: dict
 ) -> None:
     """Choose ``spec``'s grid point on opt and score it on test, into ``out`` / ``chosen`` / ``failed``."""
-    merges = {}
-    for lam, density, gamma, epsilon in spec.grid:
-        gen = torch.Generator().manual_seed(seed)
-        # λ multiplies the merge of equally weighted experts (mergekit's ``lambda``)
-        merges[(lam, density, gamma, epsilon)] = Merge(spec.method, density=density, gamma=gamma, epsilon=epsilon)(
-            experts, [1.0] * len(experts), gen
-        ).scale(lam)
+    merges = {point: grid_merge(spec.method, point, experts, seed) for point in spec.grid}
     opt = dict(zip(merges, scores([(tv, "opt") for tv in merges.values()])))
     best = choose_on_opt(opt, prefer=lambda k: -abs(k[0] - 0.5))  # a tie: the scale nearer the mean of the experts
     if best is None:
@@ -158,4 +152,18 @@ def _one(
         "gamma": best[2] if "gamma" in METHODS[spec.method].params else None,
         "epsilon": best[3] if "epsilon" in METHODS[spec.method].params else None,
         "opt_mean": {str(k): v for k, v in opt_means(opt).items()},
+        # every grid point's opt scores: a pool of models to pick from for a weighting of the tasks
+        "grid": [
+            {**dict(zip(("scale", *PARAMETERS), point)), "opt": None if isinstance(r, Failure) else dict(r)}
+            for point, r in opt.items()
+        ],
     }
+
+
+def grid_merge(method: str, point: Sequence[float], experts: Sequence[TaskVector], seed: int) -> TaskVector:
+    """The static merge at one grid point ``(scale, density, gamma, epsilon)``, its random
+    draws (dare, della) seeded by ``seed``: the same point and seed give the same merge."""
+    lam, density, gamma, epsilon = point
+    gen = torch.Generator().manual_seed(seed)
+    # λ multiplies the merge of equally weighted experts (mergekit's ``lambda``)
+    return Merge(method, density=density, gamma=gamma, epsilon=epsilon)(experts, [1.0] * len(experts), gen).scale(lam)

@@ -36,6 +36,8 @@ class FinalSpec:
         refine: Opt evaluations of CMA-ES on per-layer coefficients of the experts added to the
             chosen model (0: none), from zero with step ``refine_sigma0`` (:func:`refine`).
         refine_sigma0: That CMA-ES's initial step.
+        front: Score each pool's opt front on test after the final model (``front.json``,
+            :mod:`cycleqd.run.front`): what users who pick their own model from the run would get.
     """
 
     choice: str
@@ -43,6 +45,7 @@ class FinalSpec:
     scales: tuple[float, ...]
     refine: int
     refine_sigma0: float
+    front: bool = False
 
     def __post_init__(self) -> None:
         require(self.choice in CHOICES, "choice", f"must be one of {list(CHOICES)}, got {self.choice!r}")
@@ -64,6 +67,7 @@ class FinalSpec:
             "refine_sigma0",
             f"must be a number > 0, got {self.refine_sigma0!r}",
         )
+        require(matches(self.front, bool), "front", f"must be true or false, got {self.front!r}")
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
         object.__setattr__(self, "refine_sigma0", float(self.refine_sigma0))
 

@@ -36,6 +36,8 @@ from cycleqd.run import checkpoint
 from cycleqd.run.bookkeeping import Bookkeeping
 from cycleqd.run.components import Components, build
 from cycleqd.run.final import final_model
+from cycleqd.run.front import FILE as FRONT
+from cycleqd.run.front import pools_on_test
 from cycleqd.run.lock import RunLock
 from cycleqd.run.provision import provision, start_evaluator
 from cycleqd.run.reports import elite_table, heatmaps
@@ -213,6 +215,11 @@ class Run:
             progress.update(2)
         final = scored("final", final_test_result)
         final_opt = scored("final_opt", final_opt_result)
+        fronts = None
+        if self.c.final.front:
+            self.check_stop()
+            fronts, front_items = pools_on_test(self, chosen, dict(zip(self.experts, expert_results)))
+            items.update(front_items)
         fault_point("final: scored")
         qd = self.qd
         summary = Summary(
@@ -246,6 +253,8 @@ class Run:
         final_vector = final_tv if self.basis is None else self.basis.task_vector(final_tv)
         final_vector.save(self.run_dir / "final.safetensors", metadata={"elites": json.dumps(final_info)})
         write_json(self.run_dir / "test_items.json", items)
+        if fronts is not None:
+            write_json(self.run_dir / FRONT, fronts)
         if searched is None:
             elite_table(qd.archives, self.run_dir)
             self.logger.log_images(heatmaps(qd.archives, self.run_dir))
@@ -343,6 +352,7 @@ def _phases(r: Run, run_dir: Path, cfg: DictConfig, ckpt: checkpoint.Checkpoint 
     r.logger.start(run_dir, OmegaConf.to_container(cfg, resolve=True))
     stop.graceful = True
     remove(run_dir / "summary.json")
+    remove(run_dir / FRONT)  # a resume writes it again with the summary, from its own settings
     if r.c.search.name != "cycleqd":
         return r.finish(r.search(ckpt))
     if ckpt is not None:

@@ -1,0 +1,215 @@
+"""What a method's pool is worth to users who pick their own model from it, over builds and
+seeds: ``cycleqd evidence`` prints it for runs made with ``final.front=true``.
+
+- **Preference score.** For each weighting of the tasks (:func:`cycleqd.analysis.preference.weightings`:
+  Dirichlet(1) draws and the one-hot ones), the pool's model with the best weighted opt score
+  is chosen, and its weighted test score counts; a run's value is the mean over weightings.
+  It is a weighted mean of the chosen models' per-item test results, so its interval redraws
+  the test prompts too: the per-item values :func:`preference_items` builds go through
+  :func:`cycleqd.stats.hierarchical_bootstrap` as a final model's do (builds, seeds, prompts).
+- **Regret.** Per weighting, how far a method's chosen model falls below the best of every
+  pool compared on the same build and seed, averaged.
+- **Hypervolume** of the test scores of the pool's opt front (the front is chosen on opt;
+  reference point the origin: :mod:`cycleqd.core.pareto`), in points of the unit cube
+  (× 100); its interval redraws builds, then seeds.
+
+The static merges' pool (every grid point) and the experts are rows too, from the reference
+method's runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cycleqd.analysis.evidence import methods
+from cycleqd.analysis.preference import choose, weightings
+from cycleqd.core.pareto import hypervolume
+from cycleqd.errors import ConfigError
+from cycleqd.fileio import read_json
+from cycleqd.run.front import FILE
+from cycleqd.stats import differences, hierarchical_bootstrap
+from cycleqd.tables import format_table
+
+
+@dataclass
+class Pool:
+    """A pool's opt front as a run scored it: keys, opt and test scores (candidates × tasks,
+    NaN where the test evaluation failed) and per-item test results by key."""
+
+    keys: list[str]
+    opt: np.ndarray
+    test: np.ndarray
+    items: dict[str, dict[str, list[float]]]
+    size: int
+    tasks: list[str]
+
+
+def load_fronts(run_dir: Path) -> dict[str, Pool]:
+    """A run's pools (``front.json``) with their per-item test results (``test_items.json``)."""
+    path = Path(run_dir) / FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no {FILE}; run it with final.front=true")
+    data = read_json(path, "fronts")
+    items = read_json(Path(run_dir) / "test_items.json", "test items")
+    tasks = data["tasks"]
+    out = {}
+    for name, pool in data["pools"].items():
+        front = pool["front"]
+        keys = [e["key"] for e in front]
+        test = np.array([[np.nan] * len(tasks) if e["test"] is None else [e["test"][t] for t in tasks] for e in front])
+        out[name] = Pool(
+            keys,
+            np.array([[e["opt"][t] for t in tasks] for e in front]).reshape(len(front), len(tasks)),
+            test.reshape(len(front), len(tasks)),
+            {k: items[f"front:{k}"] for k in keys if f"front:{k}" in items},
+            pool["size"],
+            tasks,
+        )
+    return out
+
+
+def preference_values(pool: Pool, weights: np.ndarray, name: str = "pool") -> np.ndarray:
+    """Per weighting, the weighted test score of the pool's model chosen on opt (a model that
+    failed on test scores 0)."""
+    picks = choose(pool.opt, weights, name)
+    return np.einsum("wk,wk->w", weights, np.nan_to_num(pool.test[picks]))
+
+
+def preference_items(pool: Pool, weights: np.ndarray, name: str = "pool") -> dict[str, np.ndarray] | None:
+    """Per-item values whose test mean (mean over tasks of the mean over items) is the pool's
+    preference score: task ``t``'s item ``i`` is ``K · mean_w w_t · x[m_w, t, i]``, ``m_w`` the
+    model chosen for weighting ``w``. None where a chosen model has no per-item results."""
+    picks = choose(pool.opt, weights, name)
+    keys = [pool.keys[i] for i in picks]
+    if any(k not in pool.items for k in keys):
+        return None
+    tasks = pool.tasks
+    k = len(tasks)
+    return {
+        t: k
+        * np.mean([w[j] * np.asarray(pool.items[key][t], dtype=np.float64) for w, key in zip(weights, keys)], axis=0)
+        for j, t in enumerate(tasks)
+    }
+
+
+def _front_hypervolume(pool: Pool) -> float:
+    scored = pool.test[~np.isnan(pool.test).any(axis=1)]
+    return 100 * hypervolume(scored) if len(scored) else 0.0
+
+
+def _by_build(values: dict[tuple[int, int], Any]) -> list[list[Any]]:
+    builds: dict[int, list] = {}
+    for (b, _), v in sorted(values.items()):
+        builds.setdefault(b, []).append(v)
+    return list(builds.values())
+
+
+def _scalar_interval(values: dict[tuple[int, int], float]) -> dict:
+    """Builds, then seeds, redrawn: each run one value (a one-item "task" for the bootstrap)."""
+    return hierarchical_bootstrap([[{"v": np.array([v])} for v in b] for b in _by_build(values)])
+
+
+def table(roots: list[Path], reference: str, n: int = 32, seed: int = 0) -> dict[str, Any]:
+    """The preference and hypervolume rows, one per method's search pool, then the reference
+    runs' static merges and experts; with the weightings' count and seed."""
+    ms = methods(roots)
+    if reference not in ms:
+        raise ConfigError("--reference", f"no method {reference!r}; the methods are: {', '.join(sorted(ms))}")
+    pools: dict[str, dict[tuple[int, int], Pool]] = {}
+    for label, m in ms.items():
+        fronts = {k: load_fronts(p) for k, p in m.runs.items() if (p / FILE).is_file()}
+        if fronts:
+            pools[label] = {k: f["search"] for k, f in fronts.items()}
+        if label == reference:
+            for extra, row in (("static", "static merges (every grid point)"), ("experts", "experts")):
+                got = {k: f[extra] for k, f in fronts.items() if extra in f and len(f[extra].keys)}
+                if got:
+                    pools[row] = got
+    if reference not in pools:
+        raise FileNotFoundError(f"the runs of {reference!r} have no {FILE}: run them with final.front=true")
+    k = next(iter(pools[reference].values())).opt.shape[1]
+    w = weightings(k, n, seed)
+    values = {
+        label: {r: preference_values(p, w, f"{label} {r}") for r, p in runs.items()} for label, runs in pools.items()
+    }
+    ref_items = {r: preference_items(p, w) for r, p in pools[reference].items()}
+    rows = []
+    searches = [reference, *sorted(set(ms) & set(pools) - {reference})]
+    for label in [*searches, *(p for p in pools if p not in ms)]:
+        runs = pools[label]
+        pref = {r: float(100 * v.mean()) for r, v in values[label].items()}
+        hv = {r: _front_hypervolume(p) for r, p in runs.items()}
+        common = sorted(set(runs) & set(pools[reference]))
+        best = {r: np.max([values[x][r] for x in pools if r in values[x]], axis=0) for r in runs}
+        diff = hv_diff = None
+        if label != reference and common:
+            mine = {r: preference_items(runs[r], w) for r in common}
+            if all(mine[r] is not None and ref_items[r] is not None for r in common):
+                paired = {r: differences(mine[r], ref_items[r]) for r in common}
+                diff = hierarchical_bootstrap(_by_build(paired))
+            hv_diff = _scalar_interval({r: hv[r] - _front_hypervolume(pools[reference][r]) for r in common})
+        rows.append(
+            {
+                "method": label,
+                "builds": len({b for b, _ in runs}),
+                "runs": len(runs),
+                "preference": float(np.mean(list(pref.values()))),
+                "preference_sd": float(np.std(list(pref.values()), ddof=1)) if len(pref) > 1 else 0.0,
+                "diff": diff,
+                "regret": float(np.mean([100 * (best[r] - values[label][r]).mean() for r in runs])),
+                "hypervolume": float(np.mean(list(hv.values()))),
+                "hv_diff": hv_diff,
+                "front": float(np.mean([len(p.keys) for p in runs.values()])),
+                "pool": float(np.mean([p.size for p in runs.values()])),
+            }
+        )
+    return {"weightings": {"dirichlet": n, "one_hot": k, "seed": seed}, "rows": rows}
+
+
+def _ci(d: dict | None, scale: float = 100) -> str:
+    if d is None:
+        return "—"
+    return f"{scale * d['diff']:+.1f} [{scale * d['ci'][0]:+.1f}, {scale * d['ci'][1]:+.1f}]"
+
+
+def format_table_rows(result: dict[str, Any], reference: str) -> str:
+    rows = result["rows"]
+    cells = [
+        [
+            r["method"][:40],
+            str(r["builds"]),
+            str(r["runs"]),
+            f"{r['preference']:.1f} ± {r['preference_sd']:.1f}",
+            _ci(r["diff"]),
+            f"{r['regret']:.1f}",
+            f"{r['hypervolume']:.2f}",
+            _ci(r["hv_diff"], 1),
+            f"{r['front']:.0f} / {r['pool']:.0f}",
+        ]
+        for r in rows
+    ]
+    header = [
+        "pool",
+        "builds",
+        "runs",
+        "preference",
+        "− reference [95% CI]",
+        "regret",
+        "test HV",
+        "− reference [95% CI]",
+        "front / pool",
+    ]
+    lines = format_table(header, cells, align="<>>>>>>>>", widths=[32], sep="  ", rule=True)
+    wt = result["weightings"]
+    lines += [
+        f"(test split, points; reference: {reference}; each pool's model chosen on opt for {wt['dirichlet']}",
+        f" Dirichlet(1) weightings (seed {wt['seed']}) and the {wt['one_hot']} one-hot ones. preference: the chosen",
+        " models' mean weighted test score, its difference paired by build and seed and redrawn over builds, seeds",
+        " and test prompts; regret: the mean shortfall from the best pool per weighting; test HV: hypervolume × 100",
+        " of the opt front's test scores from the origin, its difference redrawn over builds and seeds)",
+    ]
+    return "\n".join(lines)
