@@ -12,6 +12,15 @@ split is the search's final model; the test split only reports it.
 - ``cmaes``: CMA-ES (pyribs' :class:`~ribs.emitters.opt.CMAEvolutionStrategy`), started at
   ``x0`` everywhere with step ``sigma0``, candidates kept inside ``[low, high]``.
 - ``random``: coefficients drawn uniformly from ``[low, high]``.
+- ``cma_mae``: CMA-MAE (Fontaine & Nikolaidis, 2023), pyribs' ``Scheduler`` of
+  ``EvolutionStrategyEmitter`` objects ranked by improvement over an archive with a learning rate
+  (:mod:`cycleqd.core.cma_mae`): CMA-ES's efficiency with an archive of trade-offs.
+- ``m2n2``: M2N2 (Abrantes et al., 2025; :mod:`cycleqd.core.m2n2`): a fixed population whose
+  fitness is shared by competition for each opt item, mates chosen by attraction, split-point
+  crossover over the layer stack.
+
+Each is a loop of ask and tell (:class:`CoefficientSearch`, or one built on it), whose state a
+checkpoint keeps, so a resumed search ends where an uninterrupted one ends.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from cycleqd.core.crossover import layer_of
 from cycleqd.core.taskvector import TaskVector, linear_combination
 from cycleqd.protocols import Failure, Result, mean_score, result_data, result_of
 
-SEARCHES = ("cycleqd", "cmaes", "random")
+SEARCHES = ("cycleqd", "cmaes", "random", "cma_mae", "m2n2")
 
 
 @dataclass(frozen=True)
@@ -36,16 +45,25 @@ class Search:
     """Which search a run makes (``search=`` config group).
 
     Args:
-        name: ``cycleqd`` (the archives and operators of the rest of the config), ``cmaes``
-            or ``random`` (over per-layer merge coefficients of the experts).
+        name: ``cycleqd`` (the archives and operators of the rest of the config), or a search
+            over per-layer merge coefficients of the experts: ``cmaes``, ``random``,
+            ``cma_mae``, ``m2n2``.
         evaluations: Optimisation-split evaluations of a ``cmaes``/``random`` search. None: as
             many as CycleQD spends with the same config (the experts, every child, the
             final model's scales), so that a comparison is at equal budget.
-        batch_size: Candidates per round (CMA-ES's population; None: pyribs' 4 + ⌊3 ln n⌋).
-        sigma0: CMA-ES's initial step size.
+        batch_size: Candidates per round (CMA-ES's population, each CMA-MAE emitter's; None:
+            pyribs' 4 + ⌊3 ln n⌋; M2N2's children per round, None: 1).
+        sigma0: CMA-ES's (and each CMA-MAE emitter's) initial step size.
         x0: CMA-ES's initial coefficient (every expert, every layer).
         low: Smallest coefficient.
         high: Largest coefficient.
+        emitters: CMA-MAE's emitters.
+        learning_rate: CMA-MAE's archive learning rate α (1: CMA-ME's elitism; 0: CMA-ES's
+            pure optimisation).
+        threshold_min: CMA-MAE's initial cell threshold.
+        population: M2N2's population size.
+        competition: M2N2's α: each item's resource is shared in proportion to the
+            population's total score on it raised to α (0: no sharing, a plain GA).
     """
 
     name: str = "cycleqd"
@@ -55,6 +73,11 @@ class Search:
     x0: float = 0.5
     low: float = 0.0
     high: float = 1.0
+    emitters: int = 1
+    learning_rate: float = 0.01
+    threshold_min: float = 0.0
+    population: int = 20
+    competition: float = 1.0
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -74,6 +97,10 @@ class Search:
         require(
             self.low <= self.x0 <= self.high, "x0", f"must be in [low, high] = [{self.low}, {self.high}], got {self.x0}"
         )
+        require(self.emitters >= 1, "emitters", f"must be >= 1, got {self.emitters}")
+        require(0 <= self.learning_rate <= 1, "learning_rate", f"must be in [0, 1], got {self.learning_rate}")
+        require(self.population >= 2, "population", f"must be >= 2, got {self.population}")
+        require(self.competition >= 0, "competition", f"must be >= 0, got {self.competition}")
 
     def budget(self, n_tasks: int, generations: int, children_per_generation: int, final_evaluations: int) -> int:
         """This search's evaluations: its own, or CycleQD's with the same settings
@@ -164,13 +191,17 @@ class CoefficientSearch:
 
     def tell(self, xs: np.ndarray, results: Sequence[Result]) -> dict:
         """Record a round's results; returns its metrics (for the run's log)."""
-        values = np.array([-1.0 if isinstance(r, Failure) else mean_score(r) for r in results])  # a failure ranks last
-        failed = sum(isinstance(r, Failure) for r in results)
+        values = objective_values(results)
         if (
             self.es is not None and len(xs) == self.batch
         ):  # a partial last round is not told: CMA-ES ranks whole populations
             order = np.argsort(-values, kind="stable")
             self.es.tell(order, values[order], num_parents=self.batch // 2)
+        return self.track(xs, results, values)
+
+    def track(self, xs: np.ndarray, results: Sequence[Result], values: np.ndarray) -> dict:
+        """Count a round and keep its best candidate; returns the round's metrics."""
+        failed = sum(isinstance(r, Failure) for r in results)
         i = int(np.argmax(values))
         if values[i] > self.best_value:
             self.best_x, self.best_result, self.best_value = np.array(xs[i]), results[i], float(values[i])
@@ -220,6 +251,11 @@ class CoefficientSearch:
         self.best_result = None if state["best_result"] is None else result_of(state["best_result"])
         for k in self._COUNTS:
             setattr(self, k, state[k])
+
+
+def objective_values(results: Sequence[Result]) -> np.ndarray:
+    """Each result's mean score, −1 for a failure (which ranks below every model)."""
+    return np.array([-1.0 if isinstance(r, Failure) else mean_score(r) for r in results])
 
 
 # pyribs' CMAEvolutionStrategy (0.12): what ask and tell change; the rest is its settings.

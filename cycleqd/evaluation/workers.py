@@ -34,6 +34,7 @@ class WorkerSpec:
         touched: The parameters a child may change.
         timeout_s: Seconds one task may take to score one model.
         seed: torch's global seed, as the loop's process sets it.
+        opt_items: Per-item results on the opt split too (a search that competes for items, M2N2).
     """
 
     base_dir: str
@@ -44,6 +45,7 @@ class WorkerSpec:
     touched: tuple[str, ...]
     timeout_s: float | None
     seed: int = 0
+    opt_items: bool = False
 
 
 class Worker:
@@ -69,10 +71,12 @@ class Worker:
         *,
         eval_batch_size: int = 256,
         timeout_s: float | None = None,
+        opt_items: bool = False,
     ) -> None:
         from cycleqd.models.loading import HFTextModel
 
         self.model, self.tasks, self.basis, self.timeout_s = model, list(tasks), basis, timeout_s
+        self.opt_items = opt_items
         self.resident = ResidentModel(model, list(touched))
         self.text_model = HFTextModel(model, tokenizer, batch_size=eval_batch_size)
 
@@ -92,7 +96,14 @@ class Worker:
         if basis is not None:
             place_basis(basis, next(model.parameters()).device)
         return cls(
-            model, tokenizer, tasks, spec.touched, basis, eval_batch_size=spec.eval_batch_size, timeout_s=spec.timeout_s
+            model,
+            tokenizer,
+            tasks,
+            spec.touched,
+            basis,
+            eval_batch_size=spec.eval_batch_size,
+            timeout_s=spec.timeout_s,
+            opt_items=spec.opt_items,
         )
 
     def task_vector(self, x: TaskVector | np.ndarray | None):
@@ -109,7 +120,9 @@ class Worker:
             return Failure("nonfinite_weights", None, "the child holds NaN or inf; not evaluated")
         fault_point(f"evaluate on {split}")
         with self.resident.applied(tv):
-            return score_tasks(self.text_model, self.tasks, split, self.timeout_s)
+            return score_tasks(
+                self.text_model, self.tasks, split, self.timeout_s, items=split == "test" or self.opt_items
+            )
 
     def run(self, x: Any, split: str) -> tuple[Result, float, int]:
         """:meth:`score`, with the seconds it took and this process's id (what a pool records)."""

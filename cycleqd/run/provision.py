@@ -95,6 +95,7 @@ def start_evaluator(cfg: DictConfig, c: Components, p: Provisioned) -> None:
         touched=p.touched,
         timeout_s=pool.timeout_s,
         seed=cfg.seed,
+        opt_items=c.search.name == "m2n2",  # M2N2's fitness is shared over the opt items
     )
     local = None
     if pool.needs_local_worker:
@@ -108,5 +109,6 @@ def start_evaluator(cfg: DictConfig, c: Components, p: Provisioned) -> None:
             p.basis,
             eval_batch_size=cfg.eval_batch_size,
             timeout_s=pool.timeout_s,
+            opt_items=spec.opt_items,
         )
     pool.start(local, spec, p.basis)

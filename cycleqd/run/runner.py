@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cycleqd.core.archives import range_warnings
 from cycleqd.core.baselines import static_merges
+from cycleqd.core.loops import search_loop
 from cycleqd.core.searches import CoefficientSearch, LayerCoefficients, drive
 from cycleqd.core.taskvector import TaskVector
 from cycleqd.errors import ConfigError, DamagedFile, EvaluationFailed
@@ -75,7 +76,7 @@ class Run:
         self.store = EliteStore(self.run_dir / "elites")
         self.pool = self.c.evaluator
         self.experts_opt: dict[str, Result] = {}
-        self.search_loop: CoefficientSearch | None = None  # a comparison search's loop (search=cmaes, random)
+        self.search_loop: CoefficientSearch | None = None  # a comparison search's loop (search=cmaes, random, ...)
         self.books = Bookkeeping(
             self.run_dir,
             self.logger,
@@ -156,7 +157,8 @@ class Run:
         search = self.c.search
         space = LayerCoefficients(self.names, self.experts, self.basis)
         budget = search_budget(self.cfg, self.c)
-        loop = self.search_loop = CoefficientSearch(search, space.dim, budget, self.cfg.seed)
+        measures = {t.name: t.measure for t in self.c.tasks}
+        loop = self.search_loop = search_loop(search, space, budget, self.cfg.seed, measures)
         if ckpt is not None:
             self.books.restore_search(loop, ckpt)
             log.info("resuming %s from evaluation %d", self.run_dir, loop.done)
