@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,6 +54,13 @@ class TinyLlama:
             "hidden_size",
             f"{self.hidden_size} is not a multiple of num_attention_heads={self.num_attention_heads}",
         )
+
+
+# The demo's base and experts (build 0 of conf/experiment/demo.yaml's recipe), laid out as the
+# cache lays them out: a run whose recipe is theirs copies them instead of training for minutes,
+# so the demo starts from the same weights on every machine (training them again on another
+# machine gives other weights: CPU kernels round differently over hundreds of steps).
+SHIPPED = Path(__file__).with_name("shipped")
 
 
 def cache_root() -> Path:
@@ -136,13 +144,28 @@ class Embedded:
     experts: dict[str, Path]
 
 
-def ensure_embedded(recipe: EmbeddedRecipe, tasks: Sequence, root: Path | None = None) -> Embedded:
+def _shipped(entry: str, tmp: Path) -> dict | None:
+    """Copy the shipped cache entry ``entry`` (``base-<key>``, ``experts-<key>``) into ``tmp``;
+    its recipe, or None where none ships under that key."""
+    src = SHIPPED / entry
+    if not (src / "recipe.json").is_file():
+        return None
+    shutil.copytree(src, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("recipe.json"))
+    log.info("%s: the weights that ship with cycleqd (model.shipped=false trains them here)", entry)
+    return json.loads((src / "recipe.json").read_text())
+
+
+def ensure_embedded(
+    recipe: EmbeddedRecipe, tasks: Sequence, root: Path | None = None, shipped: bool = True
+) -> Embedded:
     """Build (or find in the cache) the embedded base and its experts.
 
     The base is keyed by the model shape, pretraining and the tasks' data; the
     experts additionally by the expert recipe, so changing how experts are trained
     reuses the base. Each entry is built in a temporary sibling and renamed into
-    place: an interrupted build never leaves a half-written entry behind.
+    place: an interrupted build never leaves a half-written entry behind. With
+    ``shipped``, an entry missing from the cache that ships with cycleqd under the same key
+    (:data:`SHIPPED`: the demo's) is copied into it instead of being trained.
     """
     root = Path(root) if root is not None else cache_root()
     task_keys = [_task_key(t) for t in tasks]
@@ -156,19 +179,29 @@ def ensure_embedded(recipe: EmbeddedRecipe, tasks: Sequence, root: Path | None =
     base_key = _key(base_meta)
 
     def make_base(tmp: Path) -> dict:
+        if shipped and _shipped(f"base-{base_key}", tmp) is not None:
+            return base_meta
         build_base(recipe, tasks, tmp)
         return base_meta
 
     base = build_atomically(root / f"base-{base_key}", make_base)
     return Embedded(
-        base=base, experts=ensure_experts(base, base_key, recipe.expert, recipe.expert_examples, tasks, root)
+        base=base,
+        experts=ensure_experts(base, base_key, recipe.expert, recipe.expert_examples, tasks, root, shipped),
     )
 
 
 def ensure_experts(
-    base: Path, base_key: str, expert: ExpertRecipe, examples: int, tasks: Sequence, root: Path
+    base: Path,
+    base_key: str,
+    expert: ExpertRecipe,
+    examples: int,
+    tasks: Sequence,
+    root: Path,
+    shipped: bool = False,
 ) -> dict[str, Path]:
-    """Build (or find in the cache) one expert per task fine-tuned from ``base``; task name → directory."""
+    """Build (or find in the cache) one expert per task fine-tuned from ``base``; task name →
+    directory (``shipped``: copied from the entry that ships under the same key, if any)."""
     meta = {
         "base": base_key,
         "expert": asdict(expert),
@@ -177,6 +210,8 @@ def ensure_experts(
     }
 
     def make_experts(tmp: Path) -> dict:
+        if shipped and _shipped(f"experts-{_key(meta)}", tmp) is not None:
+            return meta
         for task in tasks:
             build_expert(expert, examples, base, task, tmp / task.name)
         return meta

@@ -49,6 +49,8 @@ class EmbeddedModel:
         pretrain: Its pretraining.
         pretrain_weights: Mixture weight of each task's text, by task name (a task not named: 1).
         pretrain_examples: Pretraining examples in all.
+        shipped: Take the base and experts that ship with cycleqd when the recipe is theirs (the
+            demo's), instead of training them here; false: train them here.
     """
 
     kind: str
@@ -57,6 +59,7 @@ class EmbeddedModel:
     pretrain: Training
     pretrain_weights: dict[str, float] | None
     pretrain_examples: int
+    shipped: bool = True
 
     def __post_init__(self) -> None:
         _kind(self.kind, "embedded", "model")
@@ -64,6 +67,7 @@ class EmbeddedModel:
         require(isinstance(self.shape, TinyLlama), "shape", f"must build a TinyLlama, got {self.shape!r}")
         require(isinstance(self.pretrain, Training), "pretrain", f"must build a Training, got {self.pretrain!r}")
         _positive_int(self.pretrain_examples, "pretrain_examples")
+        require(isinstance(self.shipped, bool), "shipped", f"must be true or false, got {self.shipped!r}")
         weights = self.pretrain_weights or {}
         require(
             isinstance(weights, Mapping),
@@ -266,7 +270,7 @@ def locate(model: BaseModel, experts: Experts, tasks: Sequence) -> tuple[Path, d
             expert=experts.recipe,
             expert_examples=experts.examples,
         )
-        built = ensure_embedded(recipe, tasks, root)
+        built = ensure_embedded(recipe, tasks, root, shipped=model.shipped)
         return built.base, built.experts, recipe.expert.kind
     if isinstance(model, SmolLM2Model):
         from cycleqd.models.smollm2 import ensure_smollm2
