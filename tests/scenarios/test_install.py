@@ -42,7 +42,9 @@ def test_a_wheel_installed_elsewhere_runs_from_any_directory(tmp_path: Path):
     )  # every config group ships
     shipped = REPO / "cycleqd" / "models" / "shipped"
     weights = {str(p.relative_to(REPO)) for p in shipped.rglob("*") if p.is_file()}
-    assert len(weights) == 6 + 1 + 3 * 5 and weights <= set(names)  # the base, the experts (recipe + 3 models), every file
+    assert len(weights) == 6 + 1 + 3 * 5 and weights <= set(
+        names
+    )  # the base, the experts (recipe + 3 models), every file
     subprocess.run(
         [*pip, "install", "--no-deps", "--target", str(target), str(wheel)],
         check=True,
