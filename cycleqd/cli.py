@@ -5,6 +5,7 @@
     cycleqd show RUN_DIR               print a run's summary as a table
     cycleqd compare SWEEP_DIR [--by seed]  one table across a sweep's runs (also written as compare.csv)
     cycleqd evidence ROOT... --reference search=cycleqd [--plot FILE]  methods over seeds, with intervals
+    cycleqd heldout ROOT... --task reversal_long [--n-opt 32]  each method's pick for a task no search saw
     cycleqd select RUN_DIR --strategy best|pareto|topk|final|cell
     cycleqd export RUN_DIR --elite ID|best:TASK|final --format hf|peft --out DIR [--rank R]
     cycleqd evaluate MODEL_DIR [task=[a,b] ...]   score a saved model on tasks (test split)
@@ -198,6 +199,16 @@ def _evidence(args) -> None:
         print(f"\nwritten: {plot(roots, Path(args.plot))}")
 
 
+def _heldout(args) -> None:
+    from cycleqd.analysis.heldout import format_rows, table
+    from cycleqd.fileio import write_json
+
+    rows = table([Path(r) for r in args.roots], args.reference, args.task, args.n_opt)
+    print(format_rows(rows, args.reference, rows[0]["task"], args.n_opt))
+    if args.json:
+        write_json(args.json, rows)
+
+
 def _select(args) -> None:
     from cycleqd.analysis.rundata import load_run
     from cycleqd.analysis.selection import select_elites
@@ -301,6 +312,12 @@ def _parser(cmd: str, rest: list[str]) -> argparse.Namespace:
             "--weightings", type=int, default=32, help="Dirichlet(1) task weightings of the preference table"
         )
         parser.add_argument("--weightings-seed", type=int, default=0, help="their seed")
+    elif cmd == "heldout":
+        parser.add_argument("roots", nargs="+", help="sweep directories (or any folders of finished runs)")
+        parser.add_argument("--task", required=True, help="a task config no search saw (conf/task/<name>.yaml)")
+        parser.add_argument("--n-opt", type=int, default=32, help="opt items of it each pool's pick is chosen on")
+        parser.add_argument("--reference", default="search=cycleqd", help="the method the others are compared with")
+        parser.add_argument("--json", default=None, help="write the table as JSON here")
     elif cmd == "select":
         parser.add_argument("--strategy", default="best", help="best | pareto | topk | final | cell")
         parser.add_argument("--k", type=int, default=5, help="how many, for topk")
@@ -332,7 +349,7 @@ def _export(args) -> None:
         )
 
 
-COMMANDS = ("run", "resume", "show", "compare", "evidence", "select", "export", "evaluate", "baselines")
+COMMANDS = ("run", "resume", "show", "compare", "evidence", "heldout", "select", "export", "evaluate", "baselines")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -361,6 +378,8 @@ def main(argv: list[str] | None = None) -> None:
                 _compare(args.sweep_dir, args.csv, args.by)
             elif cmd == "evidence":
                 _evidence(args)
+            elif cmd == "heldout":
+                _heldout(args)
             elif cmd == "select":
                 _select(args)
             elif cmd == "export":
@@ -371,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"cycleqd {cmd}: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except (FileNotFoundError, FileExistsError, KeyError, ValueError) as e:
-        if cmd not in ("show", "compare", "evidence", "select", "export", "evaluate", "resume"):
+        if cmd not in ("show", "compare", "evidence", "heldout", "select", "export", "evaluate", "resume"):
             raise
         # Expected user errors of the reading commands (a wrong path, an unknown elite).
         print(f"cycleqd {cmd}: {e.args[0] if e.args else e}", file=sys.stderr)

@@ -125,15 +125,21 @@ class SyntheticTask(ItemTask):
 @dataclass
 class StringTask(SyntheticTask):
     """A string of ``min_len``..``max_len`` letters of ``alphabet`` followed by ``marker``;
-    the answer is :meth:`transform` of the string."""
+    the answer is :meth:`transform` of the string.
+
+    ``credit``: ``exact`` (1 for the whole answer, else 0) or ``partial`` (the fraction of the
+    answer's characters in place, out of the longer of answer and output): a graded score
+    where exact answers are rare, as on lengths no model was trained on."""
 
     alphabet: str = "abcdefghijklm"
     min_len: int = 3
     max_len: int = 7
+    credit: str = "exact"
     marker: ClassVar[str] = ":"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        require(self.credit in ("exact", "partial"), "credit", f"must be exact or partial, got {self.credit!r}")
         require(len(self.alphabet) > 0, "alphabet", "must be a non-empty string")
         require(
             1 <= self.min_len <= self.max_len <= 1000,
@@ -143,6 +149,12 @@ class StringTask(SyntheticTask):
 
     def transform(self, s: str) -> str:
         raise NotImplementedError
+
+    def score(self, output: str, answer: str) -> float:
+        if self.credit == "exact":
+            return super().score(output, answer)
+        out = output.strip()
+        return sum(a == b for a, b in zip(out, answer)) / max(len(answer), len(out), 1)
 
     def sample(self, rng: random.Random) -> tuple[str, str]:
         s = "".join(rng.choice(self.alphabet) for _ in range(rng.randint(self.min_len, self.max_len)))

@@ -88,9 +88,9 @@ class EmbeddedRecipe:
 
 
 def _task_key(task) -> dict:
-    # The descriptor axis does not change the training data; everything else can
-    # (training examples exclude the evaluation splits' prompts, so their sizes count).
-    d = {k: v for k, v in vars(task).items() if not k.startswith("_") and k != "measure"}
+    # The descriptor axis and how an answer is scored do not change the training data;
+    # everything else can (training examples exclude the evaluation splits' prompts, so their sizes count).
+    d = {k: v for k, v in vars(task).items() if not k.startswith("_") and k not in ("measure", "credit")}
     return {"class": type(task).__qualname__, **d}
 
 

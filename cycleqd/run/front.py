@@ -20,6 +20,7 @@ The pools:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -42,13 +43,21 @@ def _pool(entries: list[dict], tasks: Sequence[str]) -> list[dict]:
     return [entries[i] for i in non_dominated(opt)]
 
 
-def search_pool(run: Any) -> tuple[list[dict], int]:
+def search_pool(
+    run_dir: Path,
+    names: Sequence[str],
+    experts: Mapping[str, Any],
+    basis: Any,
+    search: str,
+    store: Any,
+    alive: set[int],
+) -> tuple[list[dict], int]:
     """The record's scored models, each with a ``model()`` that makes it, and the number of
-    scored models the record cannot make (a ``genome=false`` run's models that left the archives)."""
-    lines, _ = record.read(run.run_dir)
-    numbers = record.vectors(run.run_dir)
-    space = LayerCoefficients(run.names, run.experts, run.basis) if run.c.search.name != "cycleqd" else None
-    alive = set() if run.basis is not None or run.c.search.name != "cycleqd" else run.qd.archives.alive_ids()
+    scored models the record cannot make (those of a ``genome=false`` run that left the
+    archives: ``alive`` holds the ids its ``store`` still has)."""
+    lines, _ = record.read(run_dir)
+    numbers = record.vectors(run_dir)
+    space = LayerCoefficients(names, experts, basis) if search != "cycleqd" else None
     out, unmade = [], 0
     for x in lines:
         if not x.get("scores"):
@@ -59,7 +68,7 @@ def search_pool(run: Any) -> tuple[list[dict], int]:
         elif "coefficients" in x and space is not None and not x["origin"].startswith("final:"):
             make = lambda x=x: space.child(np.asarray(x["coefficients"]))  # noqa: E731
         elif x["id"] in alive:
-            make = lambda x=x: run.store.get(x["id"])  # noqa: E731
+            make = lambda x=x: store.get(x["id"])  # noqa: E731
         if make is None:
             unmade += 1
             continue
@@ -69,9 +78,16 @@ def search_pool(run: Any) -> tuple[list[dict], int]:
     return out, unmade
 
 
-def static_pool(run: Any, choices: Mapping[str, Any]) -> list[dict]:
-    """Every grid point of every static merge that was scored on opt."""
-    experts = [run.experts[t] for t in run.names]
+def run_search_pool(run: Any) -> tuple[list[dict], int]:
+    """:func:`search_pool` of a run in progress (:class:`cycleqd.run.runner.Run`)."""
+    search = run.c.search.name
+    alive = run.qd.archives.alive_ids() if run.basis is None and search == "cycleqd" else set()
+    return search_pool(run.run_dir, run.names, run.experts, run.basis, search, run.store, alive)
+
+
+def static_pool(experts: Sequence[Any], choices: Mapping[str, Any], seed: int) -> list[dict]:
+    """Every grid point of every static merge that was scored on opt (``choices``: the run's
+    ``baseline_choices``; ``experts``: the task vectors in the run's task order)."""
     out = []
     for name, chosen in choices.items():
         for point in chosen.get("grid", []):
@@ -85,7 +101,7 @@ def static_pool(run: Any, choices: Mapping[str, Any]) -> list[dict]:
                     "method": chosen["method"],
                     **{k: point[k] for k in ("scale", *PARAMETERS)},
                     "opt": point["opt"],
-                    "model": lambda m=chosen["method"], at=at: grid_merge(m, at, experts, run.cfg.seed),
+                    "model": lambda m=chosen["method"], at=at: grid_merge(m, at, experts, seed),
                 }
             )
     return out
@@ -97,10 +113,10 @@ def pools_on_test(
     """``front.json``'s content, and the front models' per-item test results (``test_items.json``
     keys ``front:<pool>:<model>``). ``choices``: the static merges' (``baseline_choices``)."""
     tasks = run.names
-    searched, unmade = search_pool(run)
+    searched, unmade = run_search_pool(run)
     pools = {
         "search": (searched, unmade),
-        "static": (static_pool(run, choices), 0),
+        "static": (static_pool([run.experts[t] for t in tasks], choices, run.cfg.seed), 0),
     }
     experts = [
         {"key": f"experts:{t}", "task": t, "opt": dict(run.experts_opt[t]), "result": experts_test[t]}

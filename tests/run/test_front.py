@@ -128,3 +128,49 @@ def test_evidence_prints_each_pool_s_preference_score_and_hypervolume(sweep: Pat
     assert got["search=cmaes"]["diff"]["diff"] == pytest.approx(
         (got["search=cmaes"]["preference"] - got["search=cycleqd"]["preference"]) / 100, abs=1e-9
     )
+
+
+def test_heldout_picks_each_pool_s_best_on_a_task_no_search_saw(sweep: Path):
+    from cycleqd.analysis.heldout import heldout_task
+    from cycleqd.evaluation.scoring import evaluate_model
+    from cycleqd.models.providers import locate
+    from cycleqd.run.components import build
+    from cycleqd.run.configs import load_config
+
+    out = cli("heldout", str(sweep), "--task", "sorting_long", "--n-opt", "8", "--json", str(sweep / "h.json")).stdout
+    rows = {r["model"]: r for r in _json(sweep / "h.json")}
+    assert {"search=cycleqd: pool's pick", "search=cmaes: pool's pick", "search=cmaes: final model"} <= set(rows)
+    assert "held-out task sorting_long" in out
+    for search in ("cycleqd", "cmaes"):
+        got = _json(sweep / search / "heldout" / "sorting_long.json")
+        scored = [x for x in record.read(sweep / search)[0] if x["scores"]]
+        assert got["pool"]["size"] == len(scored) and got["n_opt"] == 8
+        assert len(got["pool"]["items"]) == 512 and got["pool"]["test"] == pytest.approx(np.mean(got["pool"]["items"]))
+    # the experts' held-out scores are those of their own model directories
+    cfg = load_config(sweep / "cycleqd")
+    c = build(cfg)
+    _, expert_dirs, _ = locate(c.model, c.experts, c.tasks)
+    task = heldout_task("sorting_long", 8)
+    got = _json(sweep / "cycleqd" / "heldout" / "sorting_long.json")
+    for t, d in expert_dirs.items():
+        assert got["experts"][t]["test"] == pytest.approx(evaluate_model(d, [task], "test")["sorting_long"], abs=1e-9)
+    # a second call reads what the first wrote
+    stamp = (sweep / "cycleqd" / "heldout" / "sorting_long.json").stat().st_mtime_ns
+    cli("heldout", str(sweep), "--task", "sorting_long", "--n-opt", "8")
+    assert (sweep / "cycleqd" / "heldout" / "sorting_long.json").stat().st_mtime_ns == stamp
+
+
+def test_a_held_out_task_that_fails_is_named(sweep: Path, tmp_path: Path):
+    from tests.runs import one_line_error
+
+    spec = tmp_path / "faulty.yaml"
+    spec.write_text(
+        "faulty:\n  _target_: tests.plugins.faulty.FaultySorting\n  name: faulty\n  n_opt: 8\n  n_test: 8\n"
+    )
+    line = one_line_error(cli("heldout", str(sweep), "--task", str(spec), env={"FAULTY": "raise:1:opt"}, check=False))
+    assert "held-out task 'faulty' failed on every model of" in line and "plugin bug on call 1" in line, line
+    assert not list(sweep.rglob("heldout/faulty.json"))
+    line = one_line_error(cli("heldout", str(sweep), "--task", "no_such_task", check=False))
+    assert (
+        line == "cycleqd heldout: --task: no task config 'no_such_task' (conf/task/no_such_task.yaml, or a YAML file)"
+    )
