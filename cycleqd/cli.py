@@ -193,6 +193,10 @@ def _evidence(args) -> None:
         pools = worth_table(roots, args.reference, n=args.weightings, seed=args.weightings_seed)
         print("\nWhat each pool is worth to users who pick their own model (runs with final.front=true):")
         print(format_worth(pools, args.reference))
+        if args.plot_pools:
+            from cycleqd.analysis.worth import plot as plot_pools
+
+            print(f"\nwritten: {plot_pools(pools, Path(args.plot_pools))}")
     if args.json:
         write_json(args.json, rows if pools is None else {"final": rows, "pools": pools})
     if args.plot:
@@ -312,6 +316,9 @@ def _parser(cmd: str, rest: list[str]) -> argparse.Namespace:
             "--weightings", type=int, default=32, help="Dirichlet(1) task weightings of the preference table"
         )
         parser.add_argument("--weightings-seed", type=int, default=0, help="their seed")
+        parser.add_argument(
+            "--plot-pools", default=None, help="write the preference spread and the test fronts here (PNG)"
+        )
     elif cmd == "heldout":
         parser.add_argument("roots", nargs="+", help="sweep directories (or any folders of finished runs)")
         parser.add_argument("--task", required=True, help="a task config no search saw (conf/task/<name>.yaml)")

@@ -167,7 +167,66 @@ def table(roots: list[Path], reference: str, n: int = 32, seed: int = 0) -> dict
                 "pool": float(np.mean([p.size for p in runs.values()])),
             }
         )
-    return {"weightings": {"dirichlet": n, "one_hot": k, "seed": seed}, "rows": rows}
+    first = min(pools[reference])
+    return {
+        "weightings": {"dirichlet": n, "one_hot": k, "seed": seed},
+        "rows": rows,
+        # for the plot: each pool's preference score per weighting (points, mean over its runs),
+        # and its opt front's test scores on the first build and seed of the reference
+        "per_weighting": {label: (100 * np.mean(list(values[label].values()), axis=0)).tolist() for label in pools},
+        "fronts": {
+            label: {"run": list(first), "test": (100 * runs[first].test).tolist()}
+            for label, runs in pools.items()
+            if first in runs
+        },
+        "tasks": next(iter(pools[reference].values())).tasks,
+    }
+
+
+def plot(result: dict[str, Any], path: Path) -> Path:
+    """Two panels as a PNG: each pool's preference score per weighting (one dot per weighting,
+    its mean marked), and each pool's opt front on test over the first two tasks (one build
+    and seed)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cycleqd.fileio import write_bytes
+
+    labels = list(result["per_weighting"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    rng = np.random.default_rng(0)
+    for i, label in enumerate(labels):
+        v = np.asarray(result["per_weighting"][label])
+        left.scatter(i + rng.uniform(-0.15, 0.15, len(v)), v, s=10, alpha=0.6)
+        left.hlines(v.mean(), i - 0.3, i + 0.3, color="black")
+    left.set_xticks(range(len(labels)), [lb[:22] for lb in labels], rotation=20, ha="right", fontsize=8)
+    left.set_ylabel("weighted test score of the pick (%)")
+    left.set_title("one dot per weighting of the tasks", fontsize=9)
+    a, b = result["tasks"][:2]
+    for label, front in result["fronts"].items():
+        pts = np.asarray(front["test"])
+        if len(pts):
+            order = np.argsort(pts[:, 0])
+            right.plot(pts[order, 0], pts[order, 1], marker="o", ms=4, lw=0.8, label=label[:30])
+    right.set_xlabel(f"{a}, test (%)")
+    right.set_ylabel(f"{b}, test (%)")
+    right.set_title(
+        "each pool's opt front on test (build %d, seed %d)" % tuple(next(iter(result["fronts"].values()))["run"]),
+        fontsize=9,
+    )
+    right.legend(fontsize=7)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    write_bytes(path, buf.getvalue())
+    return path
 
 
 def _ci(d: dict | None, scale: float = 100) -> str:

@@ -106,7 +106,18 @@ def test_choosing_on_the_front_serves_every_weighting_as_the_whole_record_does(s
 
 
 def test_evidence_prints_each_pool_s_preference_score_and_hypervolume(sweep: Path):
-    out = cli("evidence", str(sweep), "--reference", "search=cycleqd", "--json", str(sweep / "e.json")).stdout
+    png = sweep / "pools.png"
+    out = cli(
+        "evidence",
+        str(sweep),
+        "--reference",
+        "search=cycleqd",
+        "--json",
+        str(sweep / "e.json"),
+        "--plot-pools",
+        str(png),
+    ).stdout
+    assert png.read_bytes()[:4] == b"\x89PNG"
     assert "What each pool is worth" in out
     got = {r["method"]: r for r in _json(sweep / "e.json")["pools"]["rows"]}
     assert set(got) == {"search=cycleqd", "search=cmaes", "static merges (every grid point)", "experts"}
