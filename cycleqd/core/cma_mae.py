@@ -69,13 +69,11 @@ class CmaMae(CoefficientSearch):
         ]
         self.scheduler = Scheduler(self.archive, emitters, result_archive=self.result_archive)
         self.told: list[dict[str, np.ndarray]] = []
-        self._asked: np.ndarray | None = None
 
     def ask(self) -> np.ndarray:
         """The emitters' next candidates, fewer when the budget ends (that last round is not
         told: a CMA-ES ranks whole populations)."""
-        self._asked = np.asarray(self.scheduler.ask())
-        return self._asked[: min(self.batch, self.budget - self.done)]
+        return np.asarray(self.scheduler.ask())[: min(self.batch, self.budget - self.done)]
 
     def objective_and_measures(self, results: Sequence[Result]) -> tuple[np.ndarray, np.ndarray]:
         """Each result's mean score and task scores (clipped into the axes); a failure's objective
