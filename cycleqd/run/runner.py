@@ -187,11 +187,12 @@ class Run:
         failed: dict[str, Any] = {}
         items: dict[str, dict[str, list[float]]] = {}  # model → task → per-item test results
 
-        def scored(what: str, result: Result) -> dict[str, float] | None:
+        def scored(what: str, result: Result, test: bool = True) -> dict[str, float] | None:
             if isinstance(result, Failure):
                 failed[what] = str(result)
                 return None
-            if getattr(result, "per_item", None) and set(result.per_item) == set(self.names):
+            # test_items.json holds test items only (an opt result has them where a search asks, as M2N2 does)
+            if test and getattr(result, "per_item", None) and set(result.per_item) == set(self.names):
                 items[what] = result.per_item
             return dict(result)
 
@@ -216,7 +217,7 @@ class Run:
             final_test_result, final_opt_result = self.scores([(final_tv, "test"), (final_tv, "opt")])
             progress.update(2)
         final = scored("final", final_test_result)
-        final_opt = scored("final_opt", final_opt_result)
+        final_opt = scored("final_opt", final_opt_result, test=False)
         fronts = None
         if self.c.final.front:
             self.check_stop()

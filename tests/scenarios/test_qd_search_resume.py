@@ -42,3 +42,7 @@ def test_a_killed_qd_search_resumes_to_the_uninterrupted_search(name: str, tmp_p
         assert checkpoint.load(run_dir).search["done"] == done, i
     cli("resume", str(run_dir))
     assert run_fingerprint(run_dir) == run_fingerprint(whole)
+    # test_items.json holds test items only, though M2N2 scores the opt split item by item
+    items = json.loads((whole / "test_items.json").read_text())
+    assert "final" in items and "final_opt" not in items
+    assert "final_opt" not in json.loads((whole / "summary.json").read_text())["final_vs"]
