@@ -14,7 +14,8 @@ seeds: ``cycleqd evidence`` prints it for runs made with ``final.front=true``.
   (× 100); its interval redraws builds, then seeds.
 
 The static merges' pool (every grid point) and the experts are rows too, from the reference
-method's runs.
+method's runs; every search's pool counts the experts as well (whoever runs a merge search
+holds them), so that a search is credited only with what it adds to them.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class Pool:
     items: dict[str, dict[str, list[float]]]
     size: int
     tasks: list[str]
+    holds_experts: bool = False  # the experts are among the pool's models (CycleQD seeds its archives with them)
 
 
 def load_fronts(run_dir: Path) -> dict[str, Pool]:
@@ -68,8 +70,15 @@ def load_fronts(run_dir: Path) -> dict[str, Pool]:
             {k: items[f"front:{k}"] for k in keys if f"front:{k}" in items},
             pool["size"],
             tasks,
+            name == "experts" or (name == "search" and _seeded_with_experts(Path(run_dir))),
         )
     return out
+
+
+def _seeded_with_experts(run_dir: Path) -> bool:
+    from cycleqd.run import record
+
+    return any(str(x.get("origin", "")).startswith("expert:") for x in record.read(run_dir)[0])
 
 
 def preference_values(pool: Pool, weights: np.ndarray, name: str = "pool") -> np.ndarray:
@@ -94,6 +103,18 @@ def preference_items(pool: Pool, weights: np.ndarray, name: str = "pool") -> dic
         * np.mean([w[j] * np.asarray(pool.items[key][t], dtype=np.float64) for w, key in zip(weights, keys)], axis=0)
         for j, t in enumerate(tasks)
     }
+
+
+def with_experts(pool: Pool, experts: Pool) -> Pool:
+    """``pool`` with the experts added (every user of a merge search holds them): the front of
+    the two together; of models with equal opt scores, the pool's own."""
+    from cycleqd.core.pareto import non_dominated
+
+    keys = pool.keys + experts.keys
+    opt, test = np.vstack([pool.opt, experts.opt]), np.vstack([pool.test, experts.test])
+    keep = non_dominated(opt)
+    size = pool.size + (0 if pool.holds_experts else experts.size)
+    return Pool([keys[i] for i in keep], opt[keep], test[keep], {**experts.items, **pool.items}, size, pool.tasks, True)
 
 
 def _front_hypervolume(pool: Pool) -> float:
@@ -131,6 +152,11 @@ def table(roots: list[Path], reference: str, n: int = 32, seed: int = 0) -> dict
                     pools[row] = got
     if reference not in pools:
         raise FileNotFoundError(f"the runs of {reference!r} have no {FILE}: run them with final.front=true")
+    # Every user of a search over merges of the experts holds the experts too: each search's
+    # pool counts them (from the reference's runs of the same build and seed; CycleQD's has them)
+    experts = pools.get("experts", {})
+    for label in [x for x in pools if x in ms]:
+        pools[label] = {r: with_experts(p, experts[r]) if r in experts else p for r, p in pools[label].items()}
     k = next(iter(pools[reference].values())).opt.shape[1]
     w = weightings(k, n, seed)
     values = {
@@ -269,6 +295,8 @@ def format_table_rows(result: dict[str, Any], reference: str) -> str:
         f" Dirichlet(1) weightings (seed {wt['seed']}) and the {wt['one_hot']} one-hot ones. preference: the chosen",
         " models' mean weighted test score, its difference paired by build and seed and redrawn over builds, seeds",
         " and test prompts; regret: the mean shortfall from the best pool per weighting; test HV: hypervolume × 100",
-        " of the opt front's test scores from the origin, its difference redrawn over builds and seeds)",
+        " of the opt front's test scores from the origin, its difference redrawn over builds and seeds; each",
+        " search's pool holds the experts too, as every user of it does; front / pool: models on the opt front",
+        " and in the pool, per run)",
     ]
     return "\n".join(lines)

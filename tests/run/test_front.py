@@ -127,6 +127,8 @@ def test_evidence_prints_each_pool_s_preference_score_and_hypervolume(sweep: Pat
         ("experts", "cycleqd", "experts"),
     ):
         entries = _json(sweep / run / "front.json")["pools"][pool]["front"]
+        if pool == "search":  # every search's pool holds the experts too
+            entries = entries + _json(sweep / "cycleqd" / "front.json")["pools"]["experts"]["front"]
         tasks = _json(sweep / run / "front.json")["tasks"]
         w = weightings(len(tasks), 32, 0)
         values = []
@@ -136,6 +138,9 @@ def test_evidence_prints_each_pool_s_preference_score_and_hypervolume(sweep: Pat
         assert got[label]["preference"] == pytest.approx(100 * np.mean(values), abs=1e-9)
         assert got[label]["regret"] >= 0
         assert f"{got[label]['preference']:.1f}" in out
+    sizes = {s: len([x for x in record.read(sweep / s)[0] if x["scores"]]) for s in ("cycleqd", "cmaes")}
+    assert got["search=cycleqd"]["pool"] == sizes["cycleqd"]  # its experts are in it already
+    assert got["search=cmaes"]["pool"] == sizes["cmaes"] + 3  # the experts added
     assert got["search=cmaes"]["diff"]["diff"] == pytest.approx(
         (got["search=cmaes"]["preference"] - got["search=cycleqd"]["preference"]) / 100, abs=1e-9
     )
