@@ -29,7 +29,7 @@ def test_refinement_settings_are_checked():
         ("final.refine_sigma0=0", "final.refine_sigma0: must be a number > 0, got 0"),
         (
             "+final.refine_steps=3",
-            "final.refine_steps: unknown key (the keys are choice, method, scales, refine, refine_sigma0)",
+            "final.refine_steps: unknown key (the keys are choice, method, scales, refine, refine_sigma0, front)",
         ),
         ("~final.refine", "final.refine: must be set (the config has no value for it)"),
     ):
