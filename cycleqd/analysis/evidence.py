@@ -224,6 +224,13 @@ def plot(roots: list[Path], path: Path) -> Path:
     ax.set_ylabel("best mean score so far, opt split (%)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    return save_png(fig, path)
+
+
+def save_png(fig, path: Path) -> Path:
+    """``fig`` as a PNG at ``path`` (written durably), the figure closed."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from cycleqd.analysis.evidence import methods
+from cycleqd.analysis.evidence import methods, save_png
 from cycleqd.analysis.preference import choose, weightings
 from cycleqd.core.pareto import hypervolume
 from cycleqd.errors import ConfigError
@@ -213,14 +213,10 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     """Two panels as a PNG: each pool's preference score per weighting (one dot per weighting,
     its mean marked), and each pool's opt front on test over the first two tasks (one build
     and seed)."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from cycleqd.fileio import write_bytes
 
     labels = list(result["per_weighting"])
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -247,12 +243,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     right.legend(fontsize=7)
     for ax in (left, right):
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    write_bytes(path, buf.getvalue())
-    return path
+    return save_png(fig, path)
 
 
 def _ci(d: dict | None, scale: float = 100) -> str:
