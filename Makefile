@@ -10,7 +10,7 @@ PIP := $(BIN)/python -m pip
 TEST_WORKERS ?= 2
 export WANDB_MODE ?= disabled
 
-.PHONY: demo test lint test-slow bench docs clean sandbox-tool
+.PHONY: demo test lint test-slow bench docs clean sandbox-tool browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,7 @@ demo: $(VENV)/.installed
 
 # Test files are spread over TEST_WORKERS processes (pytest-xdist), a file's tests on one:
 # the Ray tests of one file never share the machine's Ray with each other.
-test: lint sandbox-tool
+test: lint sandbox-tool browser
 	$(BIN)/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 # Model-written code (python_tests) runs under bubblewrap: installed here as root with apt-get;
@@ -49,6 +49,14 @@ sandbox-tool:
 	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		{ apt-get update -qq && apt-get install -y -qq bubblewrap; } >/dev/null; } || \
 		echo "bubblewrap (bwrap) is not installed, so the sandbox's tests skip: apt-get install bubblewrap"
+
+# The report's browser tests drive Debian's Chromium (installed here as root with apt-get);
+# elsewhere they skip, saying how to install it.
+browser:
+	@{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ apt-get update -qq && apt-get install -y -qq chromium chromium-driver; } >/dev/null; } || \
+		echo "chromium and chromedriver are not installed, so the report's browser tests skip: apt-get install chromium chromium-driver"
 
 # ruff's lint and format rules are in pyproject.toml; `ruff format .` applies the format.
 lint: $(VENV)/.installed-dev

@@ -6,6 +6,7 @@
     cycleqd compare SWEEP_DIR [--by seed]  one table across a sweep's runs (also written as compare.csv)
     cycleqd evidence ROOT... --reference search=cycleqd [--plot FILE]  methods over seeds, with intervals
     cycleqd heldout ROOT... --task reversal_long [--n-opt 32]  each method's pick for a task no search saw
+    cycleqd report RUN_DIR [--out FILE] [--serve]  the run (or a sweep) as one HTML page; --serve: live
     cycleqd select RUN_DIR --strategy best|pareto|topk|final|cell
     cycleqd export RUN_DIR --elite ID|best:TASK|final --format hf|peft --out DIR [--rank R]
     cycleqd evaluate MODEL_DIR [task=[a,b] ...]   score a saved model on tasks (test split)
@@ -213,6 +214,18 @@ def _heldout(args) -> None:
         write_json(args.json, rows)
 
 
+def _report(args) -> None:
+    if args.serve:
+        from cycleqd.analysis.report.live import serve
+
+        serve(args.run_dir, args.port)
+        return
+    from cycleqd.analysis.report.page import write_report
+
+    path = write_report(args.run_dir, args.out)
+    print(f"written: {path} ({path.stat().st_size / 2**20:.1f} MiB; open it in a browser, no network needed)")
+
+
 def _select(args) -> None:
     from cycleqd.analysis.rundata import load_run
     from cycleqd.analysis.selection import select_elites
@@ -325,6 +338,13 @@ def _parser(cmd: str, rest: list[str]) -> argparse.Namespace:
         parser.add_argument("--n-opt", type=int, default=32, help="opt items of it each pool's pick is chosen on")
         parser.add_argument("--reference", default="search=cycleqd", help="the method the others are compared with")
         parser.add_argument("--json", default=None, help="write the table as JSON here")
+    elif cmd == "report":
+        parser.add_argument("run_dir", help="a run directory, or a sweep directory (a page per run and an index)")
+        parser.add_argument("--out", default=None, help="where to write the page (default RUN_DIR/report.html)")
+        parser.add_argument(
+            "--serve", action="store_true", help="serve the page live on localhost instead of writing it"
+        )
+        parser.add_argument("--port", type=int, default=8765, help="the live page's port (0: any free one)")
     elif cmd == "select":
         parser.add_argument("--strategy", default="best", help="best | pareto | topk | final | cell")
         parser.add_argument("--k", type=int, default=5, help="how many, for topk")
@@ -356,7 +376,19 @@ def _export(args) -> None:
         )
 
 
-COMMANDS = ("run", "resume", "show", "compare", "evidence", "heldout", "select", "export", "evaluate", "baselines")
+COMMANDS = (
+    "run",
+    "resume",
+    "show",
+    "compare",
+    "evidence",
+    "heldout",
+    "report",
+    "select",
+    "export",
+    "evaluate",
+    "baselines",
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -387,6 +419,8 @@ def main(argv: list[str] | None = None) -> None:
                 _evidence(args)
             elif cmd == "heldout":
                 _heldout(args)
+            elif cmd == "report":
+                _report(args)
             elif cmd == "select":
                 _select(args)
             elif cmd == "export":
@@ -397,7 +431,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"cycleqd {cmd}: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except (FileNotFoundError, FileExistsError, KeyError, ValueError) as e:
-        if cmd not in ("show", "compare", "evidence", "heldout", "select", "export", "evaluate", "resume"):
+        if cmd not in ("show", "compare", "evidence", "heldout", "report", "select", "export", "evaluate", "resume"):
             raise
         # Expected user errors of the reading commands (a wrong path, an unknown elite).
         print(f"cycleqd {cmd}: {e.args[0] if e.args else e}", file=sys.stderr)
