@@ -28,8 +28,11 @@ def test_committed_without_outputs(name: str):
 
 def test_archive_explorer_runs(cli_run: Path):
     nb = _execute("archive_explorer.ipynb", {"run_dir": str(cli_run), "sweep_dir": str(cli_run.parent)})
-    images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(images) >= 2  # heatmaps and curves
+    # the report's figures (plotly): one per archive, the lineage, the curves, the fronts
+    figures = [
+        o for c in nb.cells for o in c.get("outputs", []) if "application/vnd.plotly.v1+json" in o.get("data", {})
+    ]
+    assert len(figures) == 3 + 3
 
 
 @pytest.mark.parametrize("fixture", ["cli_run", "lively_run"], ids=["genomes", "task vector files"])
