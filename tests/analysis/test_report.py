@@ -143,3 +143,21 @@ def test_the_command_names_a_directory_that_is_not_a_run(tmp_path: Path):
     proc = cli("report", str(tmp_path / "nowhere"), check=False)
     assert proc.returncode == 1
     assert "nowhere" in one_line_error(proc) and "no such directory" in one_line_error(proc)
+
+
+def test_more_than_two_measures_draw_parallel_coordinates(tmp_path: Path):
+    import pandas as pd
+
+    from cycleqd.analysis.report.view import RunView
+
+    tasks = ["a", "b", "c", "d"]
+    rng = np.random.default_rng(0)
+    rows = [
+        {"archive": "a", "id": i, "generation": i, **{f"score_{t}": float(rng.random()) for t in tasks}}
+        for i in range(7)
+    ]
+    view = RunView(run_dir=tmp_path, tasks=tasks, elites=pd.DataFrame(rows))
+    (trace,) = figures.archive_figure(view, "a").data
+    assert trace.type == "parcoords"
+    assert [d.label for d in trace.dimensions] == ["b", "c", "d", "a"]
+    assert list(trace.dimensions[0]["values"]) == [r["score_b"] for r in rows]

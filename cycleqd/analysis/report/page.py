@@ -32,7 +32,8 @@ button.copy { margin-left: 0.5em; }
 _SCRIPT = """
 const CONFIG = {responsive: true, displaylogo: false};
 const withTemplate = layout => Object.assign({template: TEMPLATE}, layout);
-for (const [id, fig] of Object.entries(FIGURES)) Plotly.newPlot(id, fig.data, withTemplate(fig.layout), CONFIG);
+const drawn = Object.entries(FIGURES).map(([id, fig]) => Plotly.newPlot(id, fig.data, withTemplate(fig.layout), CONFIG));
+Promise.all(drawn).then(() => { performance.mark('drawn'); document.body.dataset.drawn = '1'; });
 const picker = document.getElementById('elite-picker');
 function showElite(id) {
   id = String(id);

@@ -67,11 +67,14 @@ class RunView:
         return None if rows.empty else rows.iloc[0].to_dict()
 
     def test_scores(self, model_id: int) -> dict[str, float] | None:
-        """A model's test scores where the run measured them: an expert's, or a model on the
-        search's opt front (``front.json``)."""
+        """A model's test scores where the run measured them: a model on the search's opt front
+        (``front.json``), the elite chosen as the final model, or an expert."""
         for entry in ((self.front or {}).get("pools", {}).get("search") or {}).get("front", []):
             if entry.get("id") == model_id and entry.get("test"):
                 return entry["test"]
+        final = (self.summary or {}).get("final_elites") or {}
+        if final.get("chosen") == "elite" and f"elite:{model_id}" in (final.get("candidates") or {}):
+            return self.summary.get("final")  # this elite is the run's final model
         row = self.candidate(model_id)
         origin = (row or {}).get("origin") or ""
         if origin.startswith("expert:") and self.summary:
