@@ -63,7 +63,40 @@ def methods(roots: list[Path]) -> dict[str, Method]:
                 "seed", f"two runs of {label!r} with build {key[0]}, seed {key[1]}: {m.runs[key]} and {r}"
             )
         m.runs[key] = r
+    _same_weights_per_build([r for m in out.values() for r in m.runs.values()])
     return out
+
+
+# Two runs of one build score its experts alike on test, up to a near-tie that another thread
+# count may flip; builds of the same recipe differ by points (README: 61-62 % against 63-73 %).
+SAME_BUILD_TOLERANCE = 0.02
+
+
+def _same_weights_per_build(runs: list[Path]) -> None:
+    """Refuse to pair runs that claim one build but hold other weights: the same build number
+    trained on two machines (the embedded recipes round differently on each), seen by the
+    experts' test scores."""
+    first: dict[int, tuple[Path, dict]] = {}
+    for r in runs:
+        summary = read_json(r / "summary.json", "summary")
+        experts = summary.get("experts") or {}
+        build = int(OmegaConf.load(r / ".hydra" / "config.yaml").get("build", 0))
+        if build not in first:
+            first[build] = (r, experts)
+            continue
+        other, seen = first[build]
+        gaps = [
+            abs(experts[e][t] - seen[e][t])
+            for e in experts.keys() & seen.keys()
+            for t in experts[e].keys() & seen[e].keys()
+        ]
+        if gaps and max(gaps) > SAME_BUILD_TOLERANCE:
+            raise ConfigError(
+                "build",
+                f"runs of build {build} hold different experts (their test scores differ by up to "
+                f"{100 * max(gaps):.1f} points): {other} and {r}; a build's runs must share its weights "
+                "(made on one machine), so give one of them another build number",
+            )
 
 
 def _test_mean(scores: dict[str, float]) -> float:

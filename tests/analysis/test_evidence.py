@@ -146,13 +146,14 @@ def test_expert_weights_place_every_elite_of_a_genome_run(lively_genome_run: Pat
         load_run(lively_run).expert_weights()
 
 
-def _fake_run(d: Path, overrides: list[str], build: int, seed: int, items: dict) -> None:
+def _fake_run(d: Path, overrides: list[str], build: int, seed: int, items: dict, experts: dict | None = None) -> None:
     """A finished run directory as the evidence reads it: its Hydra files, summary and test items."""
     (d / ".hydra").mkdir(parents=True)
     (d / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
     (d / ".hydra" / "config.yaml").write_text(f"seed: {seed}\nbuild: {build}\n")
     final = {t: float(np.mean(v)) for t, v in items["final"].items()}
     summary = {"final": final, "evaluations": 9, "opt_evaluations": 9, "wall_time_s": 1.0, "baselines": {}}
+    summary["experts"] = experts or {"a": {"a": 0.5 + build / 10, "b": 0.2}}
     (d / "summary.json").write_text(json.dumps(summary))
     (d / "test_items.json").write_text(json.dumps(items))
 
@@ -182,3 +183,20 @@ def test_evidence_pairs_methods_within_a_build_and_redraws_builds_then_seeds(tmp
     assert rows["search=cmaes"]["builds"] == 3 and rows["search=cmaes"]["seeds"] == 6
     text = format_rows(list(rows.values()), "search=cycleqd")
     assert "builds, then seeds, then test prompts" in text
+
+
+def test_runs_of_one_build_with_other_weights_are_not_paired(tmp_path: Path):
+    """The same build number trained on two machines gives other experts: pairing its runs
+    would compare searches on different models, so the evidence refuses, naming both runs."""
+    from cycleqd.analysis.evidence import table
+    from cycleqd.errors import ConfigError
+
+    items = {"final": {"a": [0.5, 0.6], "b": [0.1, 0.2]}}
+    _fake_run(tmp_path / "r", ["search=cycleqd"], 1, 0, items, experts={"a": {"a": 0.61, "b": 0.2}})
+    _fake_run(tmp_path / "o", ["search=cmaes"], 1, 0, items, experts={"a": {"a": 0.61, "b": 0.21}})
+    assert len(table([tmp_path], "search=cycleqd")) == 2  # a near-tie flipped: the same weights
+    _fake_run(tmp_path / "p", ["search=random"], 1, 0, items, experts={"a": {"a": 0.70, "b": 0.2}})
+    with pytest.raises(
+        ConfigError, match=r"build: runs of build 1 hold different experts .* 9\.0 points\): \S+/[or] and \S+/p;"
+    ):
+        table([tmp_path], "search=cycleqd")
