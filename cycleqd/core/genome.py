@@ -114,6 +114,28 @@ def cached_expert_basis(expert: TaskVector, root: str | Path, make_svds, variant
     return basis, key
 
 
+def truncated_basis(part: ExpertBasis, truncation, exact_file: str | Path) -> tuple[ExpertBasis, dict[str, float], str]:
+    """``part`` cut to ``truncation`` (a :class:`cycleqd.core.truncation.Truncation`): its kept
+    directions in its dtype, the deltas kept whole in that dtype too; cached beside the exact
+    basis file under the truncation's name, so a run's genomes are read back (``load_run``,
+    ``cycleqd export``, resume) against the basis they were made in. Returns it, what it keeps
+    (:meth:`Truncation.apply`) and its file."""
+    svds, kept = truncation.apply(part.svds)
+    deltas = {
+        n: LowRank(d.B.to(truncation.torch_dtype), d.A.to(truncation.torch_dtype))
+        if isinstance(d, LowRank)
+        else d.to(truncation.torch_dtype)
+        for n, d in part.deltas.items()
+    }
+    out = ExpertBasis(svds, deltas)
+    exact_file = Path(exact_file)
+    tag = hashlib.sha256(f"{exact_file.stem}|{truncation.variant()}".encode()).hexdigest()[:32]
+    path = exact_file.parent / f"{tag}.safetensors"
+    if not path.is_file():
+        out.save(path)
+    return out, kept, str(path)
+
+
 @dataclass(frozen=True)
 class Block:
     """Where the coefficients of expert ``task`` for parameter ``name`` sit in a genome."""
@@ -210,8 +232,9 @@ class Basis:
             coef = c[b.start : b.stop].to(device)
             if b.directional:
                 s = self.svds[b.task][name]
-                left.append(s.U.to(device) * (coef * s.S.to(device)))
-                right.append(s.Vh.to(device))
+                # a truncated basis may be stored in 16 bits: every product is taken in float32
+                left.append(s.U.to(device).float() * (coef * s.S.to(device).float()))
+                right.append(s.Vh.to(device).float())
             else:
                 term = as_dense(self.deltas[(b.task, name)]).to(device).float() * coef[0]
                 out = term if out is None else out + term
@@ -228,8 +251,9 @@ class Basis:
         for name in self.names:
             blocks = self._by_name[name]
             if all(b.directional for b in blocks):
-                Bs = [self.svds[b.task][name].U * (c_t[b.start : b.stop] * self.svds[b.task][name].S) for b in blocks]
-                As = [self.svds[b.task][name].Vh for b in blocks]
+                svds = [self.svds[b.task][name] for b in blocks]
+                Bs = [s.U.float() * (c_t[b.start : b.stop] * s.S.float()) for b, s in zip(blocks, svds)]
+                As = [s.Vh.float() for s in svds]
                 out[name] = LowRank(torch.cat(Bs, dim=1), torch.cat(As, dim=0))
             else:
                 out[name] = self.delta(c, name)
@@ -262,9 +286,13 @@ class Basis:
 
     def nbytes(self) -> int:
         """Bytes the basis holds (what each evaluator keeps resident, once)."""
-        n = sum(s.U.numel() + s.S.numel() + s.Vh.numel() for svds in self.svds.values() for s in svds.values())
-        n += sum(d.B.numel() + d.A.numel() if isinstance(d, LowRank) else d.numel() for d in self.deltas.values())
-        return 4 * n
+
+        def size(t: torch.Tensor) -> int:
+            return t.numel() * t.element_size()
+
+        n = sum(size(s.U) + size(s.S) + size(s.Vh) for svds in self.svds.values() for s in svds.values())
+        n += sum(size(d.B) + size(d.A) if isinstance(d, LowRank) else size(d) for d in self.deltas.values())
+        return n
 
 
 def place_basis(basis: Basis, device: torch.device) -> str:

@@ -51,6 +51,7 @@ GROUPS = (
     "final",
     "baselines",
     "search",
+    "basis",
 )
 MINIMUM = {
     "seed": 0,
@@ -81,6 +82,7 @@ class Components:
     experts: Any  # where the experts come from
     warnings: tuple[str, ...] = ()
     search: Any = None  # a cycleqd.core.searches.Search; None: CycleQD
+    truncation: Any = None  # a cycleqd.core.truncation.Truncation of the experts' bases; None: exact
 
     @property
     def names(self) -> list[str]:
@@ -333,6 +335,7 @@ def build(cfg: DictConfig) -> Components:
     final = _final(cfg)
     baselines = _baselines(cfg, len(tasks))
     genome = _genome(cfg, crossover, mutation)
+    truncation = _truncation(cfg, genome)
     search = _search(cfg)
     model, experts = check_models(cfg, tasks)
     return Components(
@@ -349,6 +352,7 @@ def build(cfg: DictConfig) -> Components:
         experts,
         tuple(warnings),
         search,
+        truncation,
     )
 
 
@@ -382,6 +386,37 @@ def _genome(cfg: DictConfig, crossover: Any, mutation: Any) -> bool:
             f"{type(crossover).__name__}/{type(mutation).__name__} are not: use genome=auto or false",
         )
     return linear if setting == "auto" else bool(setting)
+
+
+def _truncation(cfg: DictConfig, genome: bool) -> Any:
+    """How much of the experts' bases the run keeps (``basis:``; exact where a config has none)."""
+    from cycleqd.core.truncation import Truncation
+
+    node = _setting(cfg, "basis")
+    if node is None:
+        return Truncation()
+    truncation = instantiate_node(node, "basis")
+    require(
+        isinstance(truncation, Truncation),
+        "basis",
+        f"must build a cycleqd.core.truncation.Truncation, got {type(truncation).__name__}",
+    )
+    require(
+        truncation.exact or genome,
+        "basis",
+        "a truncated basis is what genomes are coefficients over, and this run keeps task vectors "
+        "(genome=false, or operators not linear in the bases): leave basis.energy, rank and dtype at their defaults",
+    )
+    device = cfg.device or ""
+    if truncation.dtype == "bfloat16" and device.startswith("cuda"):
+        import torch
+
+        require(
+            not torch.cuda.is_available() or torch.cuda.is_bf16_supported(),
+            "basis.dtype",
+            f"bfloat16: {device} has no bfloat16 arithmetic (a GPU before Ampere); use float16 or float32",
+        )
+    return truncation
 
 
 # -- models and experts ---------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cycleqd.core.evolve import CycleQD
-from cycleqd.core.genome import Basis, cached_expert_basis, place_basis
+from cycleqd.core.genome import Basis, cached_expert_basis, place_basis, truncated_basis
 from cycleqd.core.mutation import expert_svds
 from cycleqd.core.operators import DenseOperators, GenomeOperators, Operators
 from cycleqd.core.taskvector import TaskVector
@@ -42,6 +42,7 @@ class Provisioned:
     operators: Operators
     seeds: dict[str, Any]  # task → its expert, as the archives hold it
     qd: CycleQD
+    kept: dict[str, dict[str, float]] | None = None  # a truncated basis: what each expert's keeps (energy, rank)
 
 
 def provision(cfg: DictConfig, c: Components, store: EliteStore) -> Provisioned:
@@ -67,6 +68,19 @@ def provision(cfg: DictConfig, c: Components, store: EliteStore) -> Provisioned:
             variant="embeddings" if embeddings else "",
         )
         basis_files[t] = str(root / "bases" / f"{key[:32]}.safetensors")
+    kept: dict[str, dict[str, float]] = {}
+    truncation = c.truncation
+    if c.genome and truncation is not None and not truncation.exact:
+        for t in c.names:
+            parts[t], kept[t], basis_files[t] = truncated_basis(parts[t], truncation, basis_files[t])
+        log.info(
+            "truncated bases (%s): %s",
+            truncation.variant(),
+            ", ".join(
+                f"{t} keeps {100 * k['energy']:.2f} % of its energy in {100 * k['rank']:.1f} % of its directions"
+                for t, k in kept.items()
+            ),
+        )
     if c.genome:
         basis = Basis(c.names, parts)
         operators: Operators = GenomeOperators(c.crossover, c.mutation, basis)
@@ -80,7 +94,9 @@ def provision(cfg: DictConfig, c: Components, store: EliteStore) -> Provisioned:
     qd = CycleQD(
         archives=archives, operators=operators, children_per_generation=cfg.children_per_generation, seed=cfg.seed
     )
-    return Provisioned(base_dir, model, tokenizer, experts, touched, basis, basis_files, operators, seeds, qd)
+    return Provisioned(
+        base_dir, model, tokenizer, experts, touched, basis, basis_files, operators, seeds, qd, kept or None
+    )
 
 
 def start_evaluator(cfg: DictConfig, c: Components, p: Provisioned) -> None:

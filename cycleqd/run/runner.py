@@ -76,6 +76,7 @@ class Run:
         self.store = EliteStore(self.run_dir / "elites")
         self.pool = self.c.evaluator
         self.experts_opt: dict[str, Result] = {}
+        self.basis_kept: dict[str, dict[str, float]] | None = None
         self.search_loop: CoefficientSearch | None = None  # a comparison search's loop (search=cmaes, random, ...)
         self.books = Bookkeeping(
             self.run_dir,
@@ -95,6 +96,7 @@ class Run:
         self.base_dir, self.model, self.experts = p.base_dir, p.model, p.experts
         self.basis, self.operators, self.seeds, self.qd = p.basis, p.operators, p.seeds, p.qd
         self.books.bases = p.basis_files
+        self.basis_kept = p.kept
         start_evaluator(self.cfg, self.c, p)
 
     def scores(self, items: list[tuple[TaskVector | np.ndarray | None, str]]) -> list[Result]:
@@ -252,6 +254,13 @@ class Run:
             failed=failed | {f"expert_opt:{t}": str(r) for t, r in self.experts_opt.items() if isinstance(r, Failure)},
             wall_time_s=self.books.elapsed,
             base_model=str(self.base_dir),
+            basis=None
+            if not self.basis_kept
+            else {
+                **dataclasses.asdict(self.c.truncation),
+                "kept": self.basis_kept,
+                "bytes": self.basis.nbytes() if self.basis is not None else None,
+            },
         )
         final_vector = final_tv if self.basis is None else self.basis.task_vector(final_tv)
         final_vector.save(self.run_dir / "final.safetensors", metadata={"elites": json.dumps(final_info)})

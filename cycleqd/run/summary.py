@@ -41,6 +41,9 @@ class Summary:
     failed: dict[str, str]
     wall_time_s: float
     base_model: str
+    # a truncated basis (cycleqd.core.truncation): its settings, and per expert the fraction of
+    # its energy (Σ S²) and of its directions it keeps; None: the exact bases
+    basis: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -123,6 +126,16 @@ def _refine_line(r: dict | None) -> list[str]:
     ]
 
 
+def _basis_line(b: dict | None) -> list[str]:
+    if not b:
+        return []
+    kept = ", ".join(
+        f"{t} {100 * k['energy']:.2f} % ({100 * k['rank']:.1f} % of directions)" for t, k in b["kept"].items()
+    )
+    size = f", {b['bytes'] / 2**20:.1f} MiB" if b.get("bytes") else ""
+    return [f"truncated bases (energy {b['energy']}, rank {b['rank']}, {b['dtype']}{size}): energy kept {kept}"]
+
+
 def format_summary(summary: dict) -> str:
     """The run's scores (held-out test split) as a plain-text table."""
     tasks = summary["tasks"]
@@ -153,6 +166,7 @@ def format_summary(summary: dict) -> str:
             f"generations {summary['generations']}, evaluations {summary['evaluations']}, wall time {summary['wall_time_s']:.0f}s"
         )
         lines += _final_line(summary.get("final_elites") or {})
+        lines += _basis_line(summary.get("basis"))
     else:
         lines.append(
             f"search {search} over per-layer merge coefficients: {summary['evaluations']} opt evaluations, "
