@@ -6,6 +6,7 @@
     cycleqd compare SWEEP_DIR [--by seed]  one table across a sweep's runs (also written as compare.csv)
     cycleqd evidence ROOT... --reference search=cycleqd [--plot FILE]  methods over seeds, with intervals
     cycleqd heldout ROOT... --task reversal_long [--n-opt 32]  each method's pick for a task no search saw
+    cycleqd pack ROOT --out DIR        finished runs' evidence without their models (~100 KB a run)
     cycleqd report RUN_DIR [--out FILE] [--serve]  the run (or a sweep) as one HTML page; --serve: live
     cycleqd select RUN_DIR --strategy best|pareto|topk|final|cell
     cycleqd export RUN_DIR --elite ID|best:TASK|final --format hf|peft --out DIR [--rank R]
@@ -214,6 +215,13 @@ def _heldout(args) -> None:
         write_json(args.json, rows)
 
 
+def _pack(args) -> None:
+    from cycleqd.analysis.pack import pack, size
+
+    runs = pack(args.root, args.out)
+    print(f"packed {len(runs)} runs into {args.out} ({size(args.out) / 2**20:.1f} MiB)")
+
+
 def _report(args) -> None:
     if args.serve:
         from cycleqd.analysis.report.live import serve
@@ -338,6 +346,9 @@ def _parser(cmd: str, rest: list[str]) -> argparse.Namespace:
         parser.add_argument("--n-opt", type=int, default=32, help="opt items of it each pool's pick is chosen on")
         parser.add_argument("--reference", default="search=cycleqd", help="the method the others are compared with")
         parser.add_argument("--json", default=None, help="write the table as JSON here")
+    elif cmd == "pack":
+        parser.add_argument("root", help="a sweep directory, or any folder of finished runs")
+        parser.add_argument("--out", required=True, help="where to write the packed runs (the same layout)")
     elif cmd == "report":
         parser.add_argument("run_dir", help="a run directory, or a sweep directory (a page per run and an index)")
         parser.add_argument("--out", default=None, help="where to write the page (default RUN_DIR/report.html)")
@@ -383,6 +394,7 @@ COMMANDS = (
     "compare",
     "evidence",
     "heldout",
+    "pack",
     "report",
     "select",
     "export",
@@ -419,6 +431,8 @@ def main(argv: list[str] | None = None) -> None:
                 _evidence(args)
             elif cmd == "heldout":
                 _heldout(args)
+            elif cmd == "pack":
+                _pack(args)
             elif cmd == "report":
                 _report(args)
             elif cmd == "select":
@@ -431,7 +445,18 @@ def main(argv: list[str] | None = None) -> None:
         print(f"cycleqd {cmd}: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except (FileNotFoundError, FileExistsError, KeyError, ValueError) as e:
-        if cmd not in ("show", "compare", "evidence", "heldout", "report", "select", "export", "evaluate", "resume"):
+        if cmd not in (
+            "show",
+            "compare",
+            "evidence",
+            "heldout",
+            "pack",
+            "report",
+            "select",
+            "export",
+            "evaluate",
+            "resume",
+        ):
             raise
         # Expected user errors of the reading commands (a wrong path, an unknown elite).
         print(f"cycleqd {cmd}: {e.args[0] if e.args else e}", file=sys.stderr)

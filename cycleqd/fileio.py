@@ -122,18 +122,47 @@ def remove_temporaries(root: str | Path) -> None:
             p.unlink(missing_ok=True)
 
 
+def stored(path: str | Path) -> Path | None:
+    """Where ``path`` is kept: itself, or ``path.gz`` in a packed run (``cycleqd pack``); None: neither."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    packed = path.with_name(path.name + ".gz")
+    return packed if packed.is_file() else None
+
+
+def read_stored_text(path: str | Path) -> str:
+    """The text of ``path``, or of ``path.gz`` where a packed run keeps it compressed.
+
+    Raises:
+        FileNotFoundError: neither exists.
+        DamagedFile: the compressed file does not decompress.
+    """
+    at = stored(path)
+    if at is None:
+        raise FileNotFoundError(f"no file at {str(path)!r}")
+    if at.suffix != ".gz":
+        return at.read_text()
+    import gzip
+
+    try:
+        return gzip.decompress(at.read_bytes()).decode()
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise DamagedFile(at, f"does not decompress ({e})") from None
+
+
 def read_json(path: str | Path, what: str = "file") -> Any:
-    """Parse a JSON file cycleqd wrote.
+    """Parse a JSON file cycleqd wrote (or its ``.gz``, in a packed run).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
         DamagedFile: it exists but is not valid JSON (truncated, say).
     """
     path = Path(path)
-    if not path.is_file():
+    if stored(path) is None:
         raise FileNotFoundError(f"no {what} at {str(path)!r}")
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_stored_text(path))
     except (ValueError, UnicodeDecodeError) as e:
         raise DamagedFile(path, f"not valid JSON ({e})") from None
 

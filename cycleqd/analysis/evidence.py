@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 
 from cycleqd.analysis.compare import find_runs
 from cycleqd.errors import ConfigError
-from cycleqd.fileio import read_json, write_bytes
+from cycleqd.fileio import read_json, read_stored_text, write_bytes
 from cycleqd.protocols import mean_score
 from cycleqd.stats import differences, hierarchical_bootstrap, paired_bootstrap
 from cycleqd.tables import format_table
@@ -225,7 +225,7 @@ def curves(roots: list[Path]) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
     for label, m in methods(roots).items():
         for _, path in sorted(m.runs.items()):
             ev, best = [], []
-            for line in (path / "metrics.jsonl").read_text().splitlines():
+            for line in read_stored_text(path / "metrics.jsonl").splitlines():
                 rec = json.loads(line)
                 if "best_opt_mean" in rec:
                     ev.append(rec["evaluations"])

@@ -34,7 +34,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from cycleqd.fileio import write_text
+from cycleqd.fileio import read_stored_text, stored, write_text
 from cycleqd.protocols import Failure, Result
 
 FILE = "candidates.jsonl"
@@ -151,10 +151,10 @@ def read(run_dir: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
     """The lines of a run's record and a note for each one that could not be read (a line cut
     short, a line that is not a model's); no file: no lines and a note that says so."""
     path = Path(run_dir) / FILE
-    if not path.is_file():
+    if stored(path) is None:
         return [], [f"{FILE}: none (a run made before the record existed, or one that has not evaluated yet)"]
     lines, notes = [], []
-    for n, text in enumerate(path.read_text().splitlines(), 1):
+    for n, text in enumerate(read_stored_text(path).splitlines(), 1):
         try:
             x = json.loads(text)
             if not isinstance(x, dict) or "evaluation" not in x or "id" not in x:

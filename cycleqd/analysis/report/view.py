@@ -11,6 +11,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from cycleqd.errors import CycleQDError
+from cycleqd.fileio import read_stored_text, stored
 
 METRICS = "metrics.jsonl"
 
@@ -88,12 +89,11 @@ def _config(run_dir: Path) -> dict[str, Any]:
 
 
 def _metrics(run_dir: Path, notes: list[str]) -> list[dict[str, Any]]:
-    path = run_dir / METRICS
-    if not path.is_file():
+    if stored(run_dir / METRICS) is None:
         notes.append(f"{METRICS}: none yet, so no curves")
         return []
     out = []
-    for n, text in enumerate(path.read_text().splitlines(), 1):
+    for n, text in enumerate(read_stored_text(run_dir / METRICS).splitlines(), 1):
         try:
             out.append(json.loads(text))
         except ValueError:
