@@ -42,7 +42,7 @@ run)
   $PY -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$DEPS"/*.whl
   export PYTHONPATH=$SITE WANDB_MODE=disabled PYTHONUNBUFFERED=1
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-  $PY -c "import torch, transformers, cycleqd; print("torch", torch.__version__, "transformers", transformers.__version__, "cuda", torch.cuda.is_available(), "cycleqd from", cycleqd.__file__)"
+  $PY -c "import torch, transformers, cycleqd; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available(), 'cycleqd from', cycleqd.__file__)"
   # Outside the repository, so the installed cycleqd (with cycleqd.conf and cycleqd.tasks) is the one imported.
   cd "$SITE"
   status=0
