@@ -2,7 +2,9 @@
 
 A user with a new task takes the run's models as they are and picks one by trying them on a
 few examples of their own. For each finished run under the roots, every model of its search's
-pool (``candidates.jsonl``: :func:`cycleqd.run.front.search_pool`) is scored on the first
+pool (``candidates.jsonl``: :func:`cycleqd.run.front.search_pool`), with the experts added where
+the search did not evaluate them (every user of a merge search holds its experts, as in the
+preference table of :mod:`cycleqd.analysis.worth`), is scored on the first
 ``n_opt`` (default 32) items of the held-out task's opt split; the best of them (the first
 among equals) is scored on its test split. So are the run's final model, its experts and its
 static merges (each at the grid point it chose on the run's own tasks). Each run's results go
@@ -78,7 +80,7 @@ def score_run(run_dir: Path, name: str, n_opt: int = 32) -> dict[str, Any]:
     out_path = Path(run_dir) / FOLDER / f"{name}.json"
     if out_path.is_file():
         done = read_json(out_path, "held-out results")
-        if done.get("n_opt") == n_opt:
+        if done.get("n_opt") == n_opt and done.get("experts_in_pool"):
             return done
     cfg = load_config(run_dir)
     c = build(cfg)
@@ -95,6 +97,8 @@ def score_run(run_dir: Path, name: str, n_opt: int = 32) -> dict[str, Any]:
     summary = read_json(Path(run_dir) / "summary.json", "summary")
     alive = _alive(Path(run_dir)) if c.search.name == "cycleqd" and p.basis is None else set()
     pool, unmade = search_pool(Path(run_dir), c.names, p.experts, p.basis, c.search.name, store, alive)
+    if not any(str(e["origin"]).startswith("expert:") for e in pool):
+        pool += [{"key": f"experts:{t}", "origin": f"expert:{t}", "model": lambda t=t: p.experts[t]} for t in c.names]
     opt = [score(e["model"](), "opt", e["key"]) for e in pool]
     values = [None if isinstance(r, Failure) else r[name] for r in opt]
     if all(v is None for v in values):
@@ -114,6 +118,7 @@ def score_run(run_dir: Path, name: str, n_opt: int = 32) -> dict[str, Any]:
     result = {
         "task": name,
         "n_opt": n_opt,
+        "experts_in_pool": True,
         "pool": {
             "size": len(pool),
             "unmade": unmade,

@@ -223,56 +223,68 @@ def lineage_figure(view: RunView, model_id: int, task: str | None = None) -> Any
 
 
 def curves_figure(view: RunView) -> Any:
-    """Per archive against opt evaluations: coverage, QD score, best quality; and the quality
-    task of each generation (the cycling)."""
+    """Against opt evaluations: the best mean opt score so far (any search); and for CycleQD,
+    per archive, coverage, QD score and best quality, and the quality task of each generation
+    (the cycling)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
+    best = [m for m in view.metrics if "best_opt_mean" in m and m.get("phase") != "refine"]
     rows = [m for m in view.metrics if "archives" in m]
-    fig = make_subplots(
-        rows=4,
-        cols=1,
-        shared_xaxes=True,
-        vertical_spacing=0.04,
-        subplot_titles=("coverage", "QD score", "best quality (opt)", "quality task"),
+    titles = ["best mean opt score so far"] + (
+        ["coverage", "QD score", "best quality (opt)", "quality task"] if rows else []
     )
-    if not rows:
+    fig = make_subplots(rows=len(titles), cols=1, shared_xaxes=True, vertical_spacing=0.04, subplot_titles=titles)
+    if not best and not rows:
         fig.update_layout(title="no generations recorded yet", height=300)
         return fig
-    evaluations = [m["evaluations"] for m in rows]
-    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
-    for k, task in enumerate(view.tasks):
-        color = palette[k % len(palette)]
-        for row, key in enumerate(("coverage", "qd_score", "best"), 1):
-            fig.add_trace(
-                go.Scatter(
-                    x=evaluations,
-                    y=[(m["archives"].get(task) or {}).get(key) for m in rows],
-                    mode="lines",
-                    name=task,
-                    legendgroup=task,
-                    showlegend=row == 1,
-                    line={"color": color},
-                ),
-                row=row,
-                col=1,
-            )
     fig.add_trace(
         go.Scatter(
-            x=evaluations,
-            y=[m.get("quality_task") for m in rows],
-            mode="markers",
-            marker={"size": 4, "color": "#444444"},
-            name="quality task",
+            x=[m["evaluations"] for m in best],
+            y=[100 * m["best_opt_mean"] for m in best],
+            mode="lines",
+            line={"color": "#222222", "shape": "hv"},
+            name="best mean (points)",
             showlegend=False,
-            hovertemplate="generation %{text}: %{y}<extra></extra>",
-            text=[m.get("generation") for m in rows],
         ),
-        row=4,
+        row=1,
         col=1,
     )
-    fig.update_xaxes(title_text="opt evaluations", row=4, col=1)
-    fig.update_layout(height=760, margin={"l": 60, "r": 20, "t": 40, "b": 50}, title=None)
+    if rows:
+        evaluations = [m["evaluations"] for m in rows]
+        palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+        for k, task in enumerate(view.tasks):
+            color = palette[k % len(palette)]
+            for row, key in enumerate(("coverage", "qd_score", "best"), 2):
+                fig.add_trace(
+                    go.Scatter(
+                        x=evaluations,
+                        y=[(m["archives"].get(task) or {}).get(key) for m in rows],
+                        mode="lines",
+                        name=task,
+                        legendgroup=task,
+                        showlegend=row == 2,
+                        line={"color": color},
+                    ),
+                    row=row,
+                    col=1,
+                )
+        fig.add_trace(
+            go.Scatter(
+                x=evaluations,
+                y=[m.get("quality_task") for m in rows],
+                mode="markers",
+                marker={"size": 4, "color": "#444444"},
+                name="quality task",
+                showlegend=False,
+                hovertemplate="generation %{text}: %{y}<extra></extra>",
+                text=[m.get("generation") for m in rows],
+            ),
+            row=5,
+            col=1,
+        )
+    fig.update_xaxes(title_text="opt evaluations", row=len(titles), col=1)
+    fig.update_layout(height=190 * len(titles) + 60, margin={"l": 60, "r": 20, "t": 40, "b": 50}, title=None)
     return fig
 
 

@@ -181,10 +181,11 @@ def _header(view: RunView) -> str:
     state = "finished" if view.finished else "in progress (or stopped before its summary)"
     generations = (view.summary or {}).get("generations", (last.get("generation", -1) + 1) if last else 0)
     evaluations = (view.summary or {}).get("evaluations", last.get("evaluations", 0))
+    gens = f"generations <span id='generations'>{generations}</span> · " if view.search == "cycleqd" else ""
     return (
         f"<h1>{_esc(view.experiment or 'cycleqd')} run: {_esc(view.run_dir.name)}</h1>"
         f"<p class='meta'>search={_esc(view.search)} · tasks: {_esc(', '.join(view.tasks))} · "
-        f"<span id='state'>{state}</span> · generations <span id='generations'>{generations}</span> · "
+        f"<span id='state'>{state}</span> · {gens}"
         f"opt evaluations <span id='evaluations'>{evaluations}</span> · {_esc(view.run_dir)}</p>"
     )
 
@@ -230,8 +231,12 @@ def render(run_dir: str | Path, live_stamp: str | None = None, live_every_ms: in
         + _header(view)
         + _notes(view)
         + f"<h2>Archives</h2>{archives}"
-        + "<h2 id='elite'>Elite</h2><div class='grid'><div id='detail'><p>No elite chosen.</p></div>"
-        "<div id='lineage'></div></div>"
+        + (
+            "<h2 id='elite'>Elite</h2><div class='grid'><div id='detail'><p>No elite chosen.</p></div>"
+            "<div id='lineage'></div></div>"
+            if view.elites is not None
+            else ""
+        )
         + "<h2>Curves</h2><div id='curves'></div>"
         + f"<h2>Final model and baselines</h2>{final_table(view)}"
         + "<h2>Pareto front</h2><div id='front'></div>"
