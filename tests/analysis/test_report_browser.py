@@ -117,12 +117,14 @@ def test_the_live_page_follows_the_run(browser, lively_genome_run: Path, tmp_pat
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         browser.get(f"http://127.0.0.1:{server.server_address[1]}/")
-        seen = browser.find_element(By.ID, "generations").text
-        assert seen == str(len(metrics) - 3)
+        # read in one script call: the page may be reloading between two driver calls
+        shown = "const g = document.getElementById('generations'); return g ? g.textContent : null"
+        assert browser.execute_script(shown) == str(len(metrics) - 3)
         time.sleep(0.5)
         with (run / "metrics.jsonl").open("a") as f:  # the run writes a generation
             f.write(metrics[-3])
-        wait(browser, lambda d: d.find_element(By.ID, "generations").text == str(len(metrics) - 2))
+        wait(browser, lambda d: d.execute_script(shown) == str(len(metrics) - 2))
+        assert browser.find_elements(By.CSS_SELECTOR, "#curves .main-svg")
         SHOTS.mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(str(SHOTS / "report-live.png"))
         assert errors(browser) == []
