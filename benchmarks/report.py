@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,28 +26,6 @@ def newest_demo() -> Path:
     if not runs:
         raise SystemExit("no demo run under archives/demo: run `make demo` first, or name a run directory")
     return max(runs, key=lambda p: p.stat().st_mtime).parent
-
-
-def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = shutil.which("chromium")
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1400,1600",
-    ):
-        options.add_argument(flag)
-    return webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
 
 
 def main() -> None:
@@ -73,7 +51,10 @@ def main() -> None:
     print(f"run: {run_dir}  (cycleqd report wrote it in {write_s:.1f} s)")
     print("\n".join(format_table(["part", "MiB"], rows, align="<>", sep="  ")))
 
-    driver = browser()
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository's tests/
+    from tests.browser import chromium
+
+    driver = chromium()
     loads, drawn = [], []
     try:
         for _ in range(args.repeats):

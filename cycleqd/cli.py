@@ -445,18 +445,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"cycleqd {cmd}: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except (FileNotFoundError, FileExistsError, KeyError, ValueError) as e:
-        if cmd not in (
-            "show",
-            "compare",
-            "evidence",
-            "heldout",
-            "pack",
-            "report",
-            "select",
-            "export",
-            "evaluate",
-            "resume",
-        ):
+        if cmd in ("run", "baselines"):
             raise
         # Expected user errors of the reading commands (a wrong path, an unknown elite).
         print(f"cycleqd {cmd}: {e.args[0] if e.args else e}", file=sys.stderr)

@@ -6,7 +6,6 @@ so; with CYCLEQD_REQUIRE_BROWSER=1 (CI) they fail instead."""
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -16,52 +15,20 @@ import pytest
 from cycleqd.analysis.report.page import write_report
 from cycleqd.analysis.rundata import load_run
 from tests.analysis.test_report import copy_run
+from tests.browser import chromium, missing
 from tests.runs import REPO
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
 SHOTS = REPO / "build" / "test-output"
-
-
-def _missing() -> str | None:
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        return "selenium is not installed (pip install -e '.[dev]')"
-    if not CHROMIUM or not DRIVER:
-        return "Chromium is not installed (apt-get install chromium chromium-driver)"
-    return None
 
 
 @pytest.fixture(scope="module")
 def browser():
-    why = _missing()
+    why = missing()
     if why:
         if os.environ.get("CYCLEQD_REQUIRE_BROWSER") == "1":
             pytest.fail(f"CYCLEQD_REQUIRE_BROWSER=1 but {why}")
         pytest.skip(why)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = CHROMIUM
-    # No network here: the background services' connections would only fail.
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1400,1600",
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(DRIVER))
-    driver.set_page_load_timeout(60)
+    driver = chromium()
     yield driver
     driver.quit()
 
