@@ -161,3 +161,11 @@ def test_more_than_two_measures_draw_parallel_coordinates(tmp_path: Path):
     assert trace.type == "parcoords"
     assert [d.label for d in trace.dimensions] == ["b", "c", "d", "a"]
     assert list(trace.dimensions[0]["values"]) == [r["score_b"] for r in rows]
+
+
+def test_embedded_data_cannot_close_its_script_element():
+    from cycleqd.analysis.report.page import _js
+
+    value = {"note": "a task named </script><script>alert(1)</script>", "n": [1, 2]}
+    text = _js(value)
+    assert "</" not in text and json.loads(text) == value

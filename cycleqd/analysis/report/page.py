@@ -70,6 +70,12 @@ def _pts(x: float | None) -> str:
     return "—" if x is None or x != x else f"{100 * x:.1f}"
 
 
+def _js(obj: Any) -> str:
+    """``obj`` as a JavaScript literal inside a ``<script>`` element: JSON whose ``</`` cannot
+    close the element early (a task name or a note may hold ``</script>``)."""
+    return json.dumps(obj).replace("</", "<\\/")
+
+
 def _figure(fig) -> dict[str, Any]:
     """A figure as plotly JSON, without its template: the page holds that once (``TEMPLATE``)."""
     import plotly.io as pio
@@ -241,9 +247,9 @@ def render(run_dir: str | Path, live_stamp: str | None = None, live_every_ms: in
         + f"<h2>Final model and baselines</h2>{final_table(view)}"
         + "<h2>Pareto front</h2><div id='front'></div>"
         + "<script>"
-        + f"const TEMPLATE = {json.dumps(_template())};\n"
-        + f"const FIGURES = {json.dumps(data)};\nconst DETAIL = {json.dumps(detail)};\n"
-        + f"const LINEAGE = {json.dumps(lineage)};\n{live}\n{_SCRIPT}</script></body></html>"
+        + f"const TEMPLATE = {_js(_template())};\n"
+        + f"const FIGURES = {_js(data)};\nconst DETAIL = {_js(detail)};\n"
+        + f"const LINEAGE = {_js(lineage)};\n{live}\n{_SCRIPT}</script></body></html>"
     )
 
 
