@@ -6,7 +6,7 @@
     cycleqd compare SWEEP_DIR [--by seed]  one table across a sweep's runs (also written as compare.csv)
     cycleqd evidence ROOT... --reference search=cycleqd [--plot FILE]  methods over seeds, with intervals
     cycleqd heldout ROOT... --task reversal_long [--n-opt 32]  each method's pick for a task no search saw
-    cycleqd pack ROOT --out DIR        finished runs' evidence without their models (~100 KB a run)
+    cycleqd pack ROOT --out DIR        finished runs' evidence without their models (a few hundred KB a run)
     cycleqd report RUN_DIR [--out FILE] [--serve]  the run (or a sweep) as one HTML page; --serve: live
     cycleqd select RUN_DIR --strategy best|pareto|topk|final|cell
     cycleqd export RUN_DIR --elite ID|best:TASK|final --format hf|peft --out DIR [--rank R]

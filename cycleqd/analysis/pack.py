@@ -1,7 +1,7 @@
 """``cycleqd pack ROOT --out DIR``: the evidence of finished runs without their models: what
 ``cycleqd evidence``, ``heldout`` and ``report`` read of each run (its Hydra config, summary,
 scored fronts, held-out results, and, compressed, its per-item test results, curves and record
-of evaluated models), about 100 KB a run where the run directory holds tens of MB. Results kept
+of evaluated models), a few hundred KB a run where the run directory holds tens of MB. Results kept
 beside the docs that cite them stay readable by the commands shown there, after the model cache
 and the runs themselves are gone."""
 
