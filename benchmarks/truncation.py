@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 
 import numpy as np
 import torch
+from genome import timed  # benchmarks/genome.py, beside this file
 
 from cycleqd.core.genome import Basis, ExpertBasis
 from cycleqd.core.mutation import expert_svds, svd_dense
@@ -34,14 +34,6 @@ SETTINGS = [
     ("rank 0.05, bfloat16", Truncation(rank=0.05, dtype="bfloat16")),
     ("rank 0.02, bfloat16", Truncation(rank=0.02, dtype="bfloat16")),
 ]
-
-
-def timed(fn, repeats: int) -> float:
-    fn()
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - t0) / repeats
 
 
 def print_table(header, rows, align) -> None:
@@ -78,7 +70,7 @@ def demo_kept() -> None:
 
 
 def llama3_8b_table() -> None:
-    from genome import llama3_8b_shapes  # benchmarks/genome.py, beside this file
+    from genome import llama3_8b_shapes
 
     shapes = llama3_8b_shapes()
     mutated = {n: s for n, s in shapes.items() if len(s) == 2 and "embed" not in n and "lm_head" not in n}

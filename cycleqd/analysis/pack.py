@@ -11,9 +11,10 @@ import gzip
 from pathlib import Path
 
 from cycleqd.analysis.compare import find_runs
-from cycleqd.fileio import stored, write_bytes
+from cycleqd.fileio import read_json, stored, write_bytes, write_json
 
-KEPT = (".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml", "summary.json", "front.json")
+# Hydra's own hydra.yaml is left out: it holds the machine's paths and nothing a reader needs.
+KEPT = (".hydra/config.yaml", ".hydra/overrides.yaml", "front.json")
 COMPRESSED = ("test_items.json", "metrics.jsonl", "candidates.jsonl")
 
 
@@ -34,6 +35,10 @@ def pack(root: str | Path, out: str | Path) -> list[Path]:
         for name in KEPT:
             if (run / name).is_file():
                 write_bytes(target / name, (run / name).read_bytes())
+        summary = read_json(run / "summary.json", "summary")
+        # the base model as its cache entry's name: where this machine kept it is no evidence
+        summary["base_model"] = Path(str(summary.get("base_model", ""))).name
+        write_json(target / "summary.json", summary)
         for path in sorted((run / "heldout").glob("*.json")):
             write_bytes(target / "heldout" / path.name, path.read_bytes())
         for name in COMPRESSED:
